@@ -1,0 +1,270 @@
+"""The answers file: one TOML schema for the wizard, `lora-wizard train FILE` and the library.
+
+The file has a schema `version` and one section per concern:
+
+    version = 1
+    [model]    the base model
+    [dataset]  training and regularization roots in kohya's folder convention
+    [network]  the LoRA's size and what it trains
+    [training] how long and how
+    [output]   where the LoRA goes
+
+Every key is validated; an unknown key is an error with a did-you-mean, never silently ignored.
+Relative paths resolve against the folder of the file they are written in.
+`examples/answers.toml` documents every key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engine.errors import AnswersError
+from engine.files import atomic_write_text
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+SCHEMA_VERSION = 1
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Section):
+    path: Path = Field(description="Base model: a diffusers folder, or a .safetensors / .ckpt file")
+    prediction: Literal["auto", "epsilon", "v_prediction"] = Field(
+        "auto", description="What the UNet predicts; auto reads it from the model"
+    )
+    tokenizer: Path | None = Field(
+        None, description="Folder holding the tokenizer, for a single-file model without one beside it"
+    )
+
+
+class DatasetSection(_Section):
+    train_dir: Path = Field(description="Training root: holds <repeats>_<token> <class> folders")
+    reg_dir: Path | None = Field(None, description="Regularization root: holds <repeats>_<class> folders")
+    caption_extension: str = Field(".txt", description="Caption file next to an image, e.g. .txt")
+    resolution: int | None = Field(
+        None, ge=64, le=4096, description="Training size in pixels; empty = the model family's default"
+    )
+    prior_loss_weight: float = Field(1.0, ge=0.0, le=100.0, description="Weight of the regularization loss")
+
+    @field_validator("caption_extension")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        if not value.startswith(".") or len(value) < 2:
+            raise ValueError('must start with a dot, e.g. ".txt"')
+        return value
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
+            raise ValueError("must be a multiple of 8 (e.g. 512)")
+        return value
+
+
+class NetworkSection(_Section):
+    dim: int = Field(8, ge=1, le=1024, description="LoRA rank: higher keeps more detail, larger file")
+    alpha: float | None = Field(None, gt=0, le=1024, description="LoRA alpha; empty = dim (scale 1)")
+    train_text_encoder: bool = Field(True, description="Also train LoRA layers in the text encoder")
+    init_from: Path | None = Field(None, description="Start from an existing kohya-format LoRA file")
+
+    @property
+    def effective_alpha(self) -> float:
+        return float(self.dim if self.alpha is None else self.alpha)
+
+
+class TrainingSection(_Section):
+    epochs: int = Field(10, ge=1, le=100_000, description="Passes over the dataset")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps instead")
+    batch_size: int = Field(1, ge=1, le=1024, description="Images per step (1 when VRAM is under 10 GB)")
+    gradient_accumulation: int = Field(1, ge=1, le=1024, description="Batches per optimizer step")
+    unet_lr: float = Field(1e-4, gt=0, le=1.0, description="Learning rate of the UNet LoRA")
+    text_encoder_lr: float = Field(5e-5, gt=0, le=1.0, description="Learning rate of the text-encoder LoRA")
+    lr_scheduler: Literal["constant", "cosine", "linear"] = Field("constant", description="LR schedule")
+    warmup_steps: int = Field(0, ge=0, description="Steps of linear warm-up")
+    optimizer: Literal["adamw", "adamw8bit", "prodigy"] = Field("adamw", description="Optimizer")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
+        "auto", description="auto = bf16 where the GPU supports it, else fp16; no on a CPU"
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade speed for memory")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for noise, timesteps and data order")
+    clip_skip: int = Field(1, ge=1, le=12, description="Use the text encoder's N-th last layer (2 for anime models)")
+    noise_offset: float = Field(0.0, ge=0.0, le=1.0, description="Noise offset (0.05-0.1 for darker/brighter)")
+    min_snr_gamma: float | None = Field(None, gt=0, le=100, description="Min-SNR loss weighting (5 is common)")
+    cache_latents: Literal["memory", "disk", "off"] = Field(
+        "memory", description="Encode images once: in memory, on disk beside them, or every step"
+    )
+    latents: Literal["sample", "mean"] = Field(
+        "sample", description="Cached latent: a seeded sample of the VAE's distribution, or its mean"
+    )
+    log_every_steps: int = Field(10, ge=1, le=10_000, description="Read the loss back from the device every N steps")
+    save_every_epochs: int = Field(0, ge=0, description="Also write <name>-000001.safetensors every N epochs")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingSection:
+        if self.warmup_steps and self.max_steps and self.warmup_steps > self.max_steps:
+            raise ValueError("warmup_steps is larger than max_steps")
+        return self
+
+
+class OutputSection(_Section):
+    dir: Path = Field(Path("output"), description="Folder for the LoRA file and the run folder")
+    name: str = Field(description="File name of the LoRA without extension, e.g. usu_bear")
+    dtype: Literal["fp16", "bf16", "fp32"] = Field("fp16", description="Precision of the saved LoRA")
+    overwrite: bool = Field(False, description="Replace an existing LoRA file of the same name")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_file_name(cls, value: str) -> str:
+        bad = set('/\\:*?"<>|') & set(value)
+        if not value.strip() or bad or value in (".", ".."):
+            raise ValueError(f"must be a plain file name, without {''.join(sorted(bad)) or 'path parts'}")
+        if value.endswith(".safetensors"):
+            raise ValueError("is given without the .safetensors extension")
+        return value
+
+
+class Answers(_Section):
+    version: int = Field(SCHEMA_VERSION, description="Schema version of this file")
+    model: ModelSection
+    dataset: DatasetSection
+    network: NetworkSection = Field(default_factory=NetworkSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    output: OutputSection
+
+    @model_validator(mode="after")
+    def _check_version(self) -> Answers:
+        if self.version != SCHEMA_VERSION:
+            raise ValueError(f"version {self.version} is not supported; this lora-wizard reads version {SCHEMA_VERSION}")
+        return self
+
+    @property
+    def lora_path(self) -> Path:
+        return self.output.dir / f"{self.output.name}.safetensors"
+
+    def resolve_paths(self, base: Path) -> Answers:
+        """A copy with every relative path made absolute against `base`."""
+        data = self.model_dump()
+        for section, key in PATH_KEYS:
+            value = data[section][key]
+            if value is not None:
+                data[section][key] = _absolute(Path(value), base)
+        return Answers.model_validate(data)
+
+
+PATH_KEYS = [
+    ("model", "path"),
+    ("model", "tokenizer"),
+    ("dataset", "train_dir"),
+    ("dataset", "reg_dir"),
+    ("network", "init_from"),
+    ("output", "dir"),
+]
+# Paths that must exist when the answers are loaded for a run (output.dir is created on demand).
+EXISTING_PATH_KEYS = [key for key in PATH_KEYS if key != ("output", "dir")]
+
+
+def _absolute(path: Path, base: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _schema_of(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at `loc` (used to suggest spellings)."""
+    model: type[BaseModel] = Answers
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc) or "(file)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        model = _schema_of(loc)
+        known = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        hint = f"did you mean `{close[0]}`?" if close else f"known keys here: {', '.join(known)}"
+        return f"unknown key `{key}`: {hint}"
+    if kind == "missing":
+        return f"`{key}` is required but missing"
+    value = error.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "a table"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"`{key}` = {shown}: {message}" if loc else message
+
+
+def answers_from_dict(data: dict[str, Any], *, source: str | Path = "answers") -> Answers:
+    """Validate a parsed answers mapping; every problem is listed in one `AnswersError`."""
+    try:
+        return Answers.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors()]
+        raise AnswersError(
+            "\n  ".join(["the answers are not valid:", *problems]),
+            where=source,
+            fix="correct the keys named above; examples/answers.toml documents every key",
+        ) from None
+
+
+def load_answers(path: str | Path, *, check_paths: bool = True) -> Answers:
+    """Read, validate and resolve an answers file. Raises `AnswersError` with a one-screen message."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise AnswersError("no such answers file", where=path, fix="check the path, or run `lora-wizard` to write one") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AnswersError(f"cannot read the answers file: {exc}", where=path) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise AnswersError(f"not valid TOML: {exc}", where=path, fix="answers files are TOML: key = value under [section] headers") from None
+    answers = answers_from_dict(data, source=path).resolve_paths(path.resolve().parent)
+    if check_paths:
+        check_existing_paths(answers, source=path)
+    return answers
+
+
+def check_existing_paths(answers: Answers, *, source: str | Path = "answers") -> None:
+    """Every input path named in the answers exists."""
+    for section, key in EXISTING_PATH_KEYS:
+        value = getattr(getattr(answers, section), key)
+        if value is not None and not Path(value).exists():
+            raise AnswersError(
+                f"`{section}.{key}`: nothing at {value}",
+                where=source,
+                fix="check the path (relative paths are read from the answers file's folder)",
+            )
+
+
+def answers_to_toml(answers: Answers) -> str:
+    """The answers as TOML text, None values left out (they mean 'the default')."""
+    import tomli_w
+
+    data = answers.model_dump(mode="json", exclude_none=True)
+    return tomli_w.dumps(data)
+
+
+def save_answers(answers: Answers, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the answers file atomically; an existing file is kept unless `overwrite`."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise AnswersError("an answers file already exists here", where=path, fix="choose another name, or allow overwriting")
+    atomic_write_text(path, answers_to_toml(answers))
+    return path

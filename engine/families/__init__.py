@@ -1,0 +1,76 @@
+"""Model families behind one small interface.
+
+A family knows how to load its models, turn captions into the UNet's conditioning, run the UNet,
+and name LoRA modules the way kohya and the web UIs expect. The training loop only talks to this
+interface, so adding a family (SD 1.x, SD 2.x, SDXL) touches loading and conditioning, not the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class LoadedModel:
+    """The components of a base model, ready to train."""
+
+    family: ModelFamily
+    unet: Any
+    vae: Any
+    text_encoders: list[Any]
+    tokenizers: list[Any]
+    noise_scheduler: Any
+    prediction_type: str  # "epsilon" or "v_prediction"
+    source: Path
+    notes: list[str] = field(default_factory=list)  # what loading decided, for the plan printout
+
+
+class ModelFamily:
+    """What differs between SD 1.x, SD 2.x and SDXL. Subclasses fill in the details."""
+
+    name: str = ""  # "sd1", "sd2", "sdxl"
+    label: str = ""  # for people: "SD 1.x"
+    base_model_version: str = ""  # kohya's ss_base_model_version
+    modelspec_architecture: str = ""  # modelspec.architecture of a LoRA for this family
+    default_resolution: int = 512
+    text_encoder_prefixes: tuple[str, ...] = ("lora_te",)
+
+    def tokenize(self, model: LoadedModel, captions: list[str]) -> list[torch.Tensor]:
+        """Token ids per text encoder, padded to the tokenizer's max length."""
+        return [
+            tokenizer(
+                captions,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+            for tokenizer in model.tokenizers
+        ]
+
+    def encode(self, model: LoadedModel, token_ids: list[torch.Tensor], clip_skip: int = 1) -> dict[str, Any]:
+        """The UNet's conditioning for a batch of token ids (keyword arguments of `predict`)."""
+        raise NotImplementedError
+
+    def predict(self, model: LoadedModel, noisy_latents: torch.Tensor, timesteps: torch.Tensor, conditioning: dict[str, Any]) -> torch.Tensor:
+        return model.unet(noisy_latents, timesteps, **conditioning, return_dict=False)[0]
+
+    def kohya_unet_name(self, module_path: str) -> str:
+        """kohya's key stem for a UNet module given its diffusers path (`down_blocks.0...`)."""
+        raise NotImplementedError
+
+    def kohya_text_encoder_name(self, index: int, module_path: str) -> str:
+        """kohya's key stem for module `module_path` of text encoder `index`."""
+        raise NotImplementedError
+
+
+def load_base_model(path: str | Path, *, prediction: str = "auto", tokenizer: str | Path | None = None) -> LoadedModel:
+    """Load a base model from a diffusers folder or a single .safetensors / .ckpt file, offline."""
+    from engine.families.sd import load_sd_model
+
+    return load_sd_model(Path(path), prediction=prediction, tokenizer_dir=Path(tokenizer) if tokenizer else None)
