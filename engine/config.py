@@ -97,6 +97,7 @@ class TrainingSection(_Section):
         "auto", description="auto = bf16 where the GPU supports it, else fp16; no on a CPU"
     )
     gradient_checkpointing: bool = Field(False, description="Trade speed for memory")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Clip the gradient norm to this (0 = no clipping)")
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for noise, timesteps and data order")
     clip_skip: int = Field(1, ge=1, le=12, description="Use the text encoder's N-th last layer (2 for anime models)")
     noise_offset: float = Field(0.0, ge=0.0, le=1.0, description="Noise offset (0.05-0.1 for darker/brighter)")

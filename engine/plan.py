@@ -1,0 +1,85 @@
+"""The training plan: kohya's step arithmetic and the settings in force, known before torch loads.
+
+    items per epoch   = training images x repeats  (+ the same number of regularization images)
+    batches per epoch = ceil(items per epoch / batch size)
+    steps per epoch   = ceil(batches per epoch / gradient accumulation)
+    total steps       = steps per epoch x epochs   (or [training] max_steps)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from engine.config import Answers
+from engine.dataset import DatasetPlan, plan_dataset
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    answers: Answers
+    dataset: DatasetPlan
+    resolution: int
+    family_label: str
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.dataset.batches_per_epoch(self.answers.training.batch_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.batches_per_epoch / self.answers.training.gradient_accumulation)
+
+    @property
+    def total_steps(self) -> int:
+        training = self.answers.training
+        return training.max_steps or self.steps_per_epoch * training.epochs
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def breakdown(self) -> list[str]:
+        """The step arithmetic, line by line, as printed before training."""
+        training = self.answers.training
+        lines = []
+        for concept in self.dataset.concepts:
+            lines.append(f"  {concept.folder.name}: {len(concept.examples)} images x {concept.repeats} repeats = {len(concept.examples) * concept.repeats}")
+        lines.append(f"training items per epoch: {self.dataset.num_train_items}")
+        if self.dataset.reg_concepts:
+            reg_images = len(self.dataset.reg_examples)
+            lines.append(f"regularization items per epoch: {self.dataset.num_reg_items} (from {reg_images} images, repeated or cut to match)")
+        lines.append(
+            f"batches per epoch: ceil({self.dataset.items_per_epoch} / batch size {training.batch_size}) = {self.batches_per_epoch}"
+        )
+        if training.gradient_accumulation > 1:
+            lines.append(f"steps per epoch: ceil({self.batches_per_epoch} / accumulation {training.gradient_accumulation}) = {self.steps_per_epoch}")
+        if training.max_steps:
+            lines.append(f"total steps: max_steps = {self.total_steps} ({self.epochs} epochs)")
+        else:
+            lines.append(f"total steps: {self.steps_per_epoch} x {training.epochs} epochs = {self.total_steps}")
+        return lines
+
+    def settings(self) -> dict[str, object]:
+        """The settings in force, for the plan printout and the `plan` event."""
+        a = self.answers
+        return {
+            "model": str(a.model.path),
+            "family": self.family_label,
+            "resolution": self.resolution,
+            "network": f"LoRA dim {a.network.dim}, alpha {a.network.effective_alpha:g}"
+            + (", text encoder too" if a.network.train_text_encoder else ", UNet only"),
+            "optimizer": f"{a.training.optimizer}, UNet lr {a.training.unet_lr:g}"
+            + (f", text encoder lr {a.training.text_encoder_lr:g}" if a.network.train_text_encoder else ""),
+            "scheduler": f"{a.training.lr_scheduler}, warmup {a.training.warmup_steps}",
+            "precision": a.training.mixed_precision,
+            "latents": f"cache {a.training.cache_latents} ({a.training.latents})",
+            "seed": a.training.seed,
+            "output": str(a.lora_path),
+        }
+
+
+def plan_training(answers: Answers, *, family_label: str = "SD 1.x", default_resolution: int = 512) -> TrainingPlan:
+    dataset = plan_dataset(answers.dataset.train_dir, answers.dataset.reg_dir, caption_extension=answers.dataset.caption_extension)
+    resolution = answers.dataset.resolution or default_resolution
+    return TrainingPlan(answers=answers, dataset=dataset, resolution=resolution, family_label=family_label)

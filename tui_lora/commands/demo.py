@@ -1,0 +1,27 @@
+"""`lora-wizard demo [DIR]`: a tiny model, dataset and answers file, built offline in seconds."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="build a tiny offline demo (model, dataset, answers) and train it")
+    parser.add_argument("folder", type=Path, nargs="?", default=Path("lora-wizard-demo"), metavar="DIR")
+    parser.add_argument("--headless", action="store_true", help="train it straight away, without the wizard")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.demo import create_demo
+
+    answers_path = create_demo(args.folder)
+    if args.headless:
+        from tui_lora.commands.train import prepare, start
+
+        plan = prepare(answers_path)
+        return start(plan.answers, plan)
+    print(f"demo ready: {answers_path}")
+    print(f"train it with:  lora-wizard train {answers_path}")
+    return 0
