@@ -7,6 +7,7 @@ The file has a schema `version` and one section per concern:
     [dataset]  training and regularization roots in kohya's folder convention
     [network]  the LoRA's size and what it trains
     [training] how long and how
+    [checkpoints] when to write resumable checkpoints
     [output]   where the LoRA goes
 
 Every key is validated; an unknown key is an error with a did-you-mean, never silently ignored.
@@ -118,6 +119,12 @@ class TrainingSection(_Section):
         return self
 
 
+class CheckpointSection(_Section):
+    every_steps: int = Field(0, ge=0, description="Write a resumable checkpoint every N steps (0 = only at epoch ends)")
+    every_epoch: bool = Field(True, description="Write a checkpoint at the end of every epoch")
+    keep_last: int = Field(2, ge=1, le=1000, description="Checkpoints kept; older ones are deleted")
+
+
 class OutputSection(_Section):
     dir: Path = Field(Path("output"), description="Folder for the LoRA file and the run folder")
     name: str = Field(description="File name of the LoRA without extension, e.g. usu_bear")
@@ -141,6 +148,7 @@ class Answers(_Section):
     dataset: DatasetSection
     network: NetworkSection = Field(default_factory=NetworkSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
+    checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
     output: OutputSection
 
     @model_validator(mode="after")

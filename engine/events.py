@@ -14,7 +14,7 @@ from typing import Any
 
 EVENT_SCHEMA_VERSION = 1
 EVENT_KINDS = frozenset(
-    {"started", "ready", "step", "epoch", "sample", "checkpoint", "saved", "resumed", "interrupted", "finished", "failed"}
+    {"started", "ready", "step", "epoch", "sample", "checkpoint", "checkpoint_skipped", "saved", "resumed", "interrupted", "finished", "failed"}
 )
 
 Listener = Callable[[dict[str, Any]], None]

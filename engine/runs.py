@@ -1,25 +1,35 @@
-"""Run folders: where a training run keeps its frozen answers, its event log and its outputs.
+"""Run folders: a training run as a durable thing on disk.
 
     <output dir>/<name>.run/
       answers.toml    the answers as trained, every path absolute
       events.jsonl    the event stream (docs/events.md)
+      engine.lock     held by the one engine working on this run; holds its pid
+      control/        request files: `stop`, `checkpoint` (read by the engine between steps)
+      checkpoints/    resumable state (engine/checkpoint.py)
+      error.log       the traceback of an unexpected failure
+
+Everything goes through files in the run folder: no network listener anywhere.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import traceback
 from pathlib import Path
 
-from engine.config import Answers, save_answers
+from engine.config import Answers, load_answers, save_answers
 from engine.errors import UserError
 from engine.events import EventLog, Listener
 from engine.plan import TrainingPlan
+from engine.train import Controls
 
 OOM_REMEDY = (
     "out of memory: use batch size 1, turn on gradient checkpointing, keep latent caching on, "
     "use fp16/bf16 mixed precision, or lower the resolution"
 )
+EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143, "stop requested": 130}
 
 
 def run_folder_for(answers: Answers) -> Path:
@@ -34,22 +44,127 @@ def create_run_folder(answers: Answers) -> Path:
             raise UserError(
                 "this output already has a run",
                 where=folder,
-                fix="choose another `[output] name`, or set `[output] overwrite = true` to start over",
+                fix=f"resume it with `lora-wizard resume {folder}`, choose another `[output] name`, "
+                "or set `[output] overwrite = true` to start over",
             )
+        with RunLock(folder):  # never delete a run that an engine is working on
+            pass
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     save_answers(answers, folder / "answers.toml")
     return folder
 
 
-def execute_run(plan: TrainingPlan, folder: Path, listeners: list[Listener] | None = None) -> int:
-    """Train in `folder`, recording the outcome as the last event. Returns the exit status."""
-    from engine.train import TrainingFailed, train
+def load_run_answers(folder: Path) -> Answers:
+    answers_file = folder / "answers.toml"
+    if not answers_file.is_file():
+        raise UserError("this is not a run folder (no answers.toml)", where=folder, fix="give a `<name>.run` folder from the output folder")
+    return load_answers(answers_file)
 
-    with EventLog(folder / "events.jsonl", listeners) as events:
+
+class RunLock:
+    """One engine per run folder: an exclusive lock on `engine.lock`, released when the process ends."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / "engine.lock"
+        self._handle = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+")
+        if not _try_lock(handle):
+            handle.seek(0)
+            pid = handle.read().strip() or "?"
+            handle.close()
+            raise UserError(
+                f"an engine (pid {pid}) is already working on this run",
+                where=self.path.parent,
+                fix=f"follow it with `lora-wizard attach {self.path.parent}`, or stop it with `lora-wizard stop {self.path.parent}`",
+            )
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing releases the lock
+            self._handle = None
+
+
+def _try_lock(handle) -> bool:
+    try:
+        if os.name == "nt":  # pragma: no cover - Windows
+            import msvcrt
+
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def engine_running(folder: Path) -> bool:
+    """Whether an engine holds this run's lock right now."""
+    path = folder / "engine.lock"
+    if not path.exists():
+        return False
+    with path.open("a+") as handle:
+        return not _try_lock(handle)
+
+
+def request(folder: Path, what: str) -> Path:
+    """Ask the engine of a run to `stop` or write a `checkpoint` (it reads the request between steps)."""
+    control = folder / "control"
+    control.mkdir(exist_ok=True)
+    path = control / what
+    path.touch()
+    return path
+
+
+class RunControls(Controls):
+    """SIGINT / SIGTERM and request files become requests the loop sees between steps."""
+
+    def __init__(self, folder: Path):
+        self.control = folder / "control"
+        self.signal_name: str | None = None
+
+    def install_signal_handlers(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def poll(self) -> str | None:
+        if self.signal_name:
+            self.reason = self.signal_name
+            return "stop"
+        for what in ("stop", "checkpoint"):
+            path = self.control / what
+            if path.exists():
+                path.unlink(missing_ok=True)
+                self.reason = "stop requested" if what == "stop" else ""
+                return what
+        return None
+
+
+def execute_run(plan: TrainingPlan, folder: Path, listeners: list[Listener] | None = None, *, resume: bool = False) -> int:
+    """Train in `folder` holding its lock, recording the outcome as the last event. Returns the exit status."""
+    from engine.train import Interrupted, TrainingFailed, train
+
+    with RunLock(folder), EventLog(folder / "events.jsonl", listeners) as events:
+        controls = RunControls(folder)
+        controls.install_signal_handlers()
         events.emit(
             "started",
             run_dir=str(folder),
+            pid=os.getpid(),
             total_steps=plan.total_steps,
             epochs=plan.epochs,
             steps_per_epoch=plan.steps_per_epoch,
@@ -57,17 +172,20 @@ def execute_run(plan: TrainingPlan, folder: Path, listeners: list[Listener] | No
             settings=plan.settings(),
         )
         try:
-            result = train(plan, events)
+            result = train(plan, events, run_dir=folder, controls=controls, resume=resume)
+        except Interrupted as exc:
+            events.emit("interrupted", step=exc.step, reason=exc.reason, resume=f"lora-wizard resume {folder}")
+            return EXIT_INTERRUPTED.get(exc.reason, 130)
         except TrainingFailed as exc:
-            events.emit("failed", message=str(exc), remedy=exc.remedy)
+            events.emit("failed", message=str(exc), remedy=exc.remedy, resume=f"lora-wizard resume {folder}")
             return 1
         except UserError as exc:
             events.emit("failed", message=exc.render(), remedy=exc.fix or "")
             raise
         except Exception as exc:
-            remedy = OOM_REMEDY if "out of memory" in str(exc).lower() else "see the traceback in the run's log"
-            events.emit("failed", message=f"{type(exc).__name__}: {exc}", remedy=remedy)
+            remedy = OOM_REMEDY if "out of memory" in str(exc).lower() else f"see {folder / 'error.log'}"
             (folder / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
-            raise
+            events.emit("failed", message=f"{type(exc).__name__}: {exc}", remedy=remedy, resume=f"lora-wizard resume {folder}")
+            return 1
         events.emit("finished", lora=str(result.lora_path), steps=result.steps, epochs=result.epochs)
     return 0

@@ -13,10 +13,20 @@ import math
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.checkpoint import (
+    LoadedCheckpoint,
+    Position,
+    check_same_dataset,
+    dataset_fingerprint,
+    newest_valid_checkpoint,
+    restore_rng_states,
+    rng_states,
+    write_checkpoint,
+)
 from engine.config import Answers
 from engine.dataset import Example
 from engine.errors import UserError
@@ -42,7 +52,6 @@ class TrainResult:
     lora_path: Path
     steps: int
     epochs: int
-    losses: list[float] = field(default_factory=list)
 
 
 def resolve_precision(requested: str, device_type: str, bf16_supported: bool) -> str:
@@ -99,14 +108,38 @@ def snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, predicti
     return clipped / (snr + 1.0) if prediction_type == "v_prediction" else clipped / snr
 
 
+class Interrupted(Exception):
+    """A stop was requested (SIGINT, SIGTERM or `lora-wizard stop`); a checkpoint was written."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"stopped at step {step} ({reason})")
+        self.step = step
+        self.reason = reason
+
+
+class Controls:
+    """Requests from outside the loop, polled between steps: None, "checkpoint" or "stop"."""
+
+    reason = ""
+
+    def poll(self) -> str | None:
+        return None
+
+
 class Trainer:
     """Holds what the loop needs; `run()` is the loop."""
 
-    def __init__(self, plan: TrainingPlan, events: EventLog, *, should_stop=None):
+    before_checkpoint_commit = None  # a test hook (see engine.checkpoint.write_checkpoint)
+
+    def __init__(self, plan: TrainingPlan, events: EventLog, *, run_dir: Path | None = None, controls: Controls | None = None):
         self.plan = plan
         self.answers = plan.answers
         self.events = events
-        self.should_stop = should_stop or (lambda: False)
+        self.run_dir = run_dir
+        self.controls = controls or Controls()
+        self.fingerprint = dataset_fingerprint(plan.dataset)
+        self.started_at = time.time()
+        self.resumed = False
         self.examples: list[Example] = plan.dataset.epoch_examples()
         self.session_id = str(random.randint(0, 2**32 - 1))  # kohya's ss_session_id
 
@@ -185,13 +218,12 @@ class Trainer:
         clip_skip = self.answers.training.clip_skip
         if self.answers.network.train_text_encoder:
             return family.encode(model, family.tokenize(model, captions), clip_skip)
-        # Frozen text encoder: each caption is encoded once.
-        missing = [c for c in dict.fromkeys(captions) if c not in self._conditioning_cache]
-        if missing:
-            with torch.no_grad():
-                encoded = family.encode(model, family.tokenize(model, missing), clip_skip)
-            for i, caption in enumerate(missing):
-                self._conditioning_cache[caption] = {k: v[i : i + 1] for k, v in encoded.items()}
+        # Frozen text encoder: each caption is encoded once, on its own, so the values do not
+        # depend on which captions shared a batch (a resumed run sees other batches first).
+        with torch.no_grad():
+            for caption in dict.fromkeys(captions):
+                if caption not in self._conditioning_cache:
+                    self._conditioning_cache[caption] = family.encode(model, family.tokenize(model, [caption]), clip_skip)
         parts = [self._conditioning_cache[c] for c in captions]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
@@ -243,57 +275,75 @@ class Trainer:
         batches = self.batches(epoch)
         return [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
 
-    def run(self) -> TrainResult:
-
+    def run(self, start: Position | None = None) -> TrainResult:
         a = self.answers
         plan = self.plan
-        params = [*self.unet_params, *self.te_params]
-        total = plan.total_steps
-        step = 0
-        pending: list[tuple[int, int, torch.Tensor, float]] = []  # (step, epoch, loss on device, lr)
-        losses: list[float] = []
-        self.started_at = time.time()
-        self.events.emit("ready", device=str(self.device), precision=self.precision, total_steps=total)
-        for epoch in range(plan.epochs):
-            for group in self.optimizer_steps(epoch):
-                if step >= total:
+        start = start or Position(step=0, epoch=0, group=0)
+        step = start.step
+        pending: list[tuple[int, int, Any, float]] = []  # (step, epoch, loss on the device, lr)
+        self.events.emit("ready", device=str(self.device), precision=self.precision, total_steps=plan.total_steps)
+        for epoch in range(start.epoch, plan.epochs):
+            groups = self.optimizer_steps(epoch)
+            first = start.group if epoch == start.epoch else 0
+            for index in range(first, len(groups)):
+                if step >= plan.total_steps:
                     break
-                for i, batch in enumerate(group):
-                    last = i == len(group) - 1
-                    sync = nullcontext() if last or self.accelerator.num_processes == 1 else self.accelerator.no_sync(self.model.unet)
-                    with sync:
-                        loss = self.batch_loss(batch)
-                        self.accelerator.backward(loss / len(group))
-                if a.training.max_grad_norm:
-                    self.accelerator.clip_grad_norm_(params, a.training.max_grad_norm)
-                self.optimizer.step()
-                self.lr_scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                self.optimizer_step(groups[index])
                 step += 1
-                pending.append((step, epoch + 1, loss.detach(), self.lr_scheduler.get_last_lr()[0]))
+                pending.append((step, epoch + 1, self.last_loss, self.lr_scheduler.get_last_lr()[0]))
                 # Reading the loss back forces a device sync: do it every few steps, not every step.
-                if step % a.training.log_every_steps == 0 or step == total:
-                    losses += self.report(pending)
+                if step % a.training.log_every_steps == 0 or step == plan.total_steps:
+                    self.report(pending)
                     pending = []
-                if self.should_stop():
-                    break
-            if pending:
-                losses += self.report(pending)
-                pending = []
+                position = Position(step, epoch, index + 1) if index + 1 < len(groups) else Position(step, epoch + 1, 0)
+                request = self.controls.poll()
+                every = a.checkpoints.every_steps
+                if request or (every and step % every == 0 and index + 1 < len(groups)):
+                    self.report(pending)
+                    pending = []
+                    self.checkpoint(position)
+                if request == "stop":
+                    raise Interrupted(step, self.controls.reason)
+            self.report(pending)
+            pending = []
             self.events.emit("epoch", epoch=epoch + 1, epochs=plan.epochs, step=step)
-            if a.training.save_every_epochs and (epoch + 1) % a.training.save_every_epochs == 0 and epoch + 1 < plan.epochs:
-                path = self.save(a.output.dir / f"{a.output.name}-{epoch + 1:06d}.safetensors", step=step, epoch=epoch + 1)
-                self.events.emit("saved", path=str(path), step=step, epoch=epoch + 1)
-            if step >= total or self.should_stop():
+            done = step >= plan.total_steps
+            if a.training.save_every_epochs and (epoch + 1) % a.training.save_every_epochs == 0 and not done:
+                # A resumed run may write an epoch file again: the same bytes, so it may replace it.
+                epoch_file = a.output.dir / f"{a.output.name}-{epoch + 1:06d}.safetensors"
+                self.save(epoch_file, step=step, epoch=epoch + 1, overwrite=a.output.overwrite or self.resumed)
+            if a.checkpoints.every_epoch and not done:
+                self.checkpoint(Position(step, epoch + 1, 0))
+            if done:
                 break
-        final_epoch = min(plan.epochs, math.ceil(step / plan.steps_per_epoch)) if step else 0
+        final_epoch = min(plan.epochs, math.ceil(step / plan.steps_per_epoch))
         path = self.save(a.lora_path, step=step, epoch=final_epoch)
-        self.events.emit("saved", path=str(path), step=step, epoch=final_epoch)
-        return TrainResult(lora_path=path, steps=step, epochs=final_epoch, losses=losses)
+        return TrainResult(lora_path=path, steps=step, epochs=final_epoch)
 
-    def report(self, pending: list[tuple[int, int, torch.Tensor, float]]) -> list[float]:
+    def optimizer_step(self, group: list[list[tuple[int, Example]]]) -> None:
+        """Forward and backward over the accumulated batches of one step, then update."""
+        a = self.answers
+        group_loss = 0.0
+        for i, batch in enumerate(group):
+            last = i == len(group) - 1
+            sync = nullcontext() if last or self.accelerator.num_processes == 1 else self.accelerator.no_sync(self.model.unet)
+            with sync:
+                loss = self.batch_loss(batch) / len(group)
+                self.accelerator.backward(loss)
+            group_loss = group_loss + loss.detach()
+        if a.training.max_grad_norm:
+            self.accelerator.clip_grad_norm_([*self.unet_params, *self.te_params], a.training.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.last_loss = group_loss
+
+    def report(self, pending: list[tuple[int, int, Any, float]]) -> None:
+        """Read the pending losses back from the device and write their step events."""
         import torch
 
+        if not pending:
+            return
         values = torch.stack([loss for _, _, loss, _ in pending]).float().cpu().tolist()
         for (step, epoch, _, lr), value in zip(pending, values, strict=True):
             if not math.isfinite(value):
@@ -302,11 +352,64 @@ class Trainer:
                     "lower the learning rate; with fp16 try bf16 or no mixed precision; check the images are not corrupt",
                 )
             self.events.emit("step", step=step, total_steps=self.plan.total_steps, epoch=epoch, loss=value, lr=lr)
-        return values
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def trainable_state(self) -> dict[str, Any]:
+        """The LoRA weights by parameter name (unet.* / te0.*)."""
+        named = {}
+        for prefix, module in (("unet", self.model.unet), *((f"te{i}", e) for i, e in enumerate(self.model.text_encoders))):
+            for name, param in self.accelerator.unwrap_model(module).named_parameters():
+                if param.requires_grad:
+                    named[f"{prefix}.{name}"] = param
+        return named
+
+    def checkpoint(self, position: Position) -> Path | None:
+        if self.run_dir is None:
+            return None
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "rng": rng_states(),
+        }
+        if self.accelerator.scaler is not None:
+            state["scaler"] = self.accelerator.scaler.state_dict()
+        path = write_checkpoint(
+            self.run_dir,
+            position,
+            lora=self.trainable_state(),
+            training_state=state,
+            fingerprint=self.fingerprint,
+            keep_last=self.answers.checkpoints.keep_last,
+            before_commit=self.before_checkpoint_commit,
+        )
+        self.events.emit("checkpoint", path=str(path), step=position.step, epoch=position.epoch)
+        return path
+
+    def restore(self, checkpoint: LoadedCheckpoint) -> None:
+        import torch
+
+        params = self.trainable_state()
+        missing = set(params) ^ set(checkpoint.lora)
+        if missing:
+            raise UserError(
+                f"the checkpoint does not match this network ({sorted(missing)[0]} ...)",
+                where=checkpoint.path,
+                fix="resume with the answers the run was started with (the run folder's answers.toml)",
+            )
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(checkpoint.lora[name])
+        state = checkpoint.training_state
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if "scaler" in state and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+        restore_rng_states(state["rng"])
 
     # --- output ------------------------------------------------------------------------------
 
-    def save(self, path: Path, *, step: int, epoch: int) -> Path:
+    def save(self, path: Path, *, step: int, epoch: int, overwrite: bool | None = None) -> Path:
         import torch
 
         from engine.lora import kohya_metadata, kohya_state_dict, save_lora_file
@@ -333,7 +436,10 @@ class Trainer:
         }
         tensors = kohya_state_dict(self.model, dtype=dtype)
         metadata = kohya_metadata(model=self.model, answers=a, stats=stats)
-        return save_lora_file(path, tensors, metadata, overwrite=a.output.overwrite)
+        overwrite = a.output.overwrite if overwrite is None else overwrite
+        saved = save_lora_file(path, tensors, metadata, overwrite=overwrite)
+        self.events.emit("saved", path=str(saved), step=step, epoch=epoch)
+        return saved
 
 
 def check_output_free(answers: Answers) -> None:
@@ -346,9 +452,27 @@ def check_output_free(answers: Answers) -> None:
         )
 
 
-def train(plan: TrainingPlan, events: EventLog, *, should_stop=None) -> TrainResult:
-    """Train the LoRA the plan describes, reporting through `events`."""
+def train(plan: TrainingPlan, events: EventLog, *, run_dir: Path | None = None, controls: Controls | None = None,
+          resume: bool = False) -> TrainResult:
+    """Train the LoRA the plan describes, reporting through `events`.
+
+    With `run_dir`, checkpoints are written there; with `resume`, training continues from the
+    newest valid checkpoint in it (damaged ones are skipped with a message)."""
     check_output_free(plan.answers)
-    trainer = Trainer(plan, events, should_stop=should_stop)
+    trainer = Trainer(plan, events, run_dir=run_dir, controls=controls)
+    start = None
+    checkpoint = None
+    if resume and run_dir is not None:
+        def skipped(path: Path, reason: str) -> None:
+            events.emit("checkpoint_skipped", path=str(path), reason=reason)
+
+        checkpoint = newest_valid_checkpoint(run_dir, on_skip=skipped)
+        if checkpoint is not None:
+            check_same_dataset(checkpoint, trainer.fingerprint, run_dir)
     trainer.setup()
-    return trainer.run()
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+        trainer.resumed = True
+        start = checkpoint.position
+        events.emit("resumed", step=start.step, epoch=start.epoch, checkpoint=str(checkpoint.path))
+    return trainer.run(start)

@@ -25,14 +25,20 @@ def register(subparsers) -> None:
 def prepare(answers_path: Path) -> TrainingPlan:
     """Everything checked before torch loads: answers, model files, dataset, output."""
     from engine.dataset import open_image
+    from engine.errors import ModelFileError
     from engine.families import inspect_base_model
+    from engine.families.sd import FAMILIES
     from engine.plan import plan_training
     from engine.train import check_output_free
 
     answers = load_answers(answers_path)
     check_output_free(answers)
     info = inspect_base_model(answers.model.path, tokenizer=answers.model.tokenizer)
-    plan = plan_training(answers, family_label=info.label, default_resolution=info.default_resolution)
+    if info.tokenizer is None:
+        raise ModelFileError(f"no tokenizer found for this model: {info.tokenizer_note}", where=info.source,
+                             fix="set `[model] tokenizer` to a folder holding vocab.json and merges.txt")
+    family = FAMILIES[info.family]
+    plan = plan_training(answers, family_label=info.label, default_resolution=family.default_resolution)
     for example in dict.fromkeys(e.path for e in (*plan.dataset.train_examples, *plan.dataset.reg_examples)):
         open_image(example)
     return plan
