@@ -32,7 +32,7 @@ from engine.dataset import Example
 from engine.errors import UserError
 from engine.events import EventLog
 from engine.plan import TrainingPlan
-from engine.seeds import epoch_order, generator
+from engine.seeds import derive_seed, epoch_order, generator
 
 if TYPE_CHECKING:
     import torch
@@ -174,6 +174,8 @@ class Trainer:
         for encoder in model.text_encoders:
             encoder.to(self.device, dtype=weight_dtype).requires_grad_(False)
 
+        # The LoRA's initial (random) down weights come from the global generator: seed it.
+        torch.manual_seed(derive_seed(a.training.seed, "lora-init"))
         add_lora(model, dim=a.network.dim, alpha=a.network.effective_alpha, train_text_encoder=a.network.train_text_encoder)
         if a.network.init_from:
             load_lora_file_into(model, a.network.init_from)
