@@ -73,3 +73,32 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
             except ValueError:
                 continue
+
+
+FINAL_KINDS = frozenset({"finished", "failed", "interrupted"})
+
+
+def follow_events(path: Path, *, poll_seconds: float = 0.2, keep_going=lambda: True) -> Iterator[dict[str, Any]]:
+    """Every event of a log, then new ones as they are appended; when nothing new has come,
+    `keep_going()` decides whether to wait for more."""
+    offset = 0
+    buffer = ""
+    while True:
+        try:
+            with path.open("r", encoding="utf-8") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+                offset = handle.tell()
+        except FileNotFoundError:
+            chunk = ""
+        buffer += chunk
+        *lines, buffer = buffer.split("\n")
+        for line in lines:
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
+        if not lines:
+            if not keep_going():
+                return
+            time.sleep(poll_seconds)

@@ -83,3 +83,38 @@ def plan_training(answers: Answers, *, family_label: str = "SD 1.x", default_res
     dataset = plan_dataset(answers.dataset.train_dir, answers.dataset.reg_dir, caption_extension=answers.dataset.caption_extension)
     resolution = answers.dataset.resolution or default_resolution
     return TrainingPlan(answers=answers, dataset=dataset, resolution=resolution, family_label=family_label)
+
+
+def prepare_plan(answers: Answers, *, for_resume: bool = False) -> TrainingPlan:
+    """Everything checked before torch loads: the model files, the dataset (each image decoded
+    once), the output. Raises a `UserError` naming the problem."""
+    from engine.dataset import open_image
+    from engine.errors import ModelFileError
+    from engine.families import inspect_base_model
+    from engine.families.sd import FAMILIES
+
+    if not for_resume:
+        check_output_free(answers)
+    info = inspect_base_model(answers.model.path, tokenizer=answers.model.tokenizer)
+    if info.tokenizer is None:
+        raise ModelFileError(
+            f"no tokenizer found for this model: {info.tokenizer_note}",
+            where=info.source,
+            fix="set `[model] tokenizer` to a folder holding vocab.json and merges.txt",
+        )
+    plan = plan_training(answers, family_label=info.label, default_resolution=FAMILIES[info.family].default_resolution)
+    for image in dict.fromkeys(e.path for e in (*plan.dataset.train_examples, *plan.dataset.reg_examples)):
+        open_image(image)
+    return plan
+
+
+def check_output_free(answers: Answers) -> None:
+    """Refuse before any work when the LoRA file exists and overwriting was not asked for."""
+    from engine.errors import UserError
+
+    if answers.lora_path.exists() and not answers.output.overwrite:
+        raise UserError(
+            "a LoRA with this name already exists and would be overwritten",
+            where=answers.lora_path,
+            fix="choose another `[output] name`, or set `[output] overwrite = true`",
+        )

@@ -17,11 +17,12 @@ import os
 import shutil
 import signal
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config import Answers, load_answers, save_answers
 from engine.errors import UserError
-from engine.events import EventLog, Listener
+from engine.events import FINAL_KINDS, EventLog, Listener, read_events
 from engine.plan import TrainingPlan
 from engine.train import Controls
 
@@ -154,11 +155,55 @@ class RunControls(Controls):
         return None
 
 
+@dataclass
+class RunStatus:
+    folder: Path
+    state: str  # running | finished | failed | interrupted | stopped unexpectedly | not started
+    step: int
+    total_steps: int
+    last_event: dict | None
+
+    @property
+    def progress(self) -> str:
+        return f"{self.step}/{self.total_steps}" if self.total_steps else "-"
+
+
+def run_status(folder: Path) -> RunStatus:
+    """The state of a run from its events and its lock. A run with no live engine and no final
+    event stopped unexpectedly (power cut, SIGKILL, out-of-memory killer)."""
+    step = total = 0
+    last = None
+    for event in read_events(folder / "events.jsonl"):
+        last = event
+        if event["kind"] == "started":
+            total = event.get("total_steps", total)
+        elif event["kind"] in ("step", "resumed", "checkpoint"):
+            step = event.get("step", step)  # after a resume, step events restart from the checkpoint
+    if engine_running(folder):
+        state = "running"
+    elif last is None:
+        state = "not started"
+    elif last["kind"] in FINAL_KINDS:
+        state = last["kind"]
+    else:
+        state = "stopped unexpectedly"
+    return RunStatus(folder, state, step, total, last)
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Run folders under `root` (itself, its children and grandchildren)."""
+    candidates = [root, *root.glob("*.run"), *root.glob("*/*.run")]
+    return sorted({p for p in candidates if p.is_dir() and (p / "answers.toml").is_file() and p.name.endswith(".run")})
+
+
 def execute_run(plan: TrainingPlan, folder: Path, listeners: list[Listener] | None = None, *, resume: bool = False) -> int:
-    """Train in `folder` holding its lock, recording the outcome as the last event. Returns the exit status."""
+    """Train in `folder`, recording the outcome as the last event. Returns the exit status.
+
+    The caller holds the run's `RunLock` (taken as early as possible, so that a detached engine is
+    seen as running from its first second)."""
     from engine.train import Interrupted, TrainingFailed, train
 
-    with RunLock(folder), EventLog(folder / "events.jsonl", listeners) as events:
+    with EventLog(folder / "events.jsonl", listeners) as events:
         controls = RunControls(folder)
         controls.install_signal_handlers()
         events.emit(
@@ -189,3 +234,30 @@ def execute_run(plan: TrainingPlan, folder: Path, listeners: list[Listener] | No
             return 1
         events.emit("finished", lora=str(result.lora_path), steps=result.steps, epochs=result.epochs)
     return 0
+
+
+def spawn_detached(folder: Path, *, resume: bool = False, wait_seconds: float = 60.0) -> int:
+    """Start the engine on `folder` as its own process, outside this terminal's session, so that
+    closing the terminal or dropping SSH does not stop it. Returns its pid once it holds the lock."""
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "engine", "run", str(folder)] + (["--resume"] if resume else [])
+    log = (folder / "engine.log").open("ab")
+    options: dict = {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": subprocess.STDOUT, "close_fds": True}
+    if os.name == "nt":  # pragma: no cover - Windows: no console, own process group
+        options["creationflags"] = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP
+    else:
+        options["start_new_session"] = True  # no controlling terminal: no SIGHUP when it closes
+    process = subprocess.Popen(command, **options)
+    log.close()
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        if engine_running(folder):
+            return process.pid
+        if process.poll() is not None:
+            tail = (folder / "engine.log").read_text(encoding="utf-8", errors="replace")[-2000:]
+            raise UserError(f"the engine stopped at once:\n{tail}", where=folder)
+        time.sleep(0.05)
+    return process.pid

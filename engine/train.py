@@ -31,7 +31,7 @@ from engine.config import Answers
 from engine.dataset import Example
 from engine.errors import UserError
 from engine.events import EventLog
-from engine.plan import TrainingPlan
+from engine.plan import TrainingPlan, check_output_free
 from engine.seeds import derive_seed, epoch_order, generator
 
 if TYPE_CHECKING:
@@ -442,16 +442,6 @@ class Trainer:
         saved = save_lora_file(path, tensors, metadata, overwrite=overwrite)
         self.events.emit("saved", path=str(saved), step=step, epoch=epoch)
         return saved
-
-
-def check_output_free(answers: Answers) -> None:
-    """Refuse before any work when the LoRA file exists and overwriting was not asked for."""
-    if answers.lora_path.exists() and not answers.output.overwrite:
-        raise UserError(
-            "a LoRA with this name already exists and would be overwritten",
-            where=answers.lora_path,
-            fix="choose another `[output] name`, or set `[output] overwrite = true`",
-        )
 
 
 def train(plan: TrainingPlan, events: EventLog, *, run_dir: Path | None = None, controls: Controls | None = None,

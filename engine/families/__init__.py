@@ -74,3 +74,24 @@ def load_base_model(path: str | Path, *, prediction: str = "auto", tokenizer: st
     from engine.families.sd import load_sd_model
 
     return load_sd_model(Path(path), prediction=prediction, tokenizer_dir=Path(tokenizer) if tokenizer else None)
+
+
+@dataclass
+class ModelInfo:
+    """What a base model is, found cheaply (no weights read): for `--dry-run` and the wizard."""
+
+    family: str  # "sd1", "sd2"
+    label: str  # "SD 1.x"
+    layout: str  # "diffusers folder" or "single file"
+    prediction: str  # "epsilon", "v_prediction" or "unknown" (an SD 2.x file decided only when loading)
+    prediction_reason: str
+    tokenizer: Path | None  # None: not found; tokenizer_note says where it looked
+    tokenizer_note: str
+    source: Path
+
+
+def inspect_base_model(path: str | Path, tokenizer: str | Path | None = None) -> ModelInfo:
+    """Family, layout, prediction type and tokenizer of a base model, from headers and configs only."""
+    from engine.families.single_file import inspect_base_model as inspect
+
+    return inspect(Path(path), tokenizer=Path(tokenizer) if tokenizer else None)

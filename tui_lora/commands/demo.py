@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from engine.config import load_answers
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="build a tiny offline demo (model, dataset, answers) and train it")
@@ -18,10 +20,12 @@ def run(args: argparse.Namespace) -> int:
 
     answers_path = create_demo(args.folder)
     if args.headless:
-        from tui_lora.commands.train import prepare, start
+        from engine.plan import prepare_plan
+        from engine.runs import create_run_folder
+        from tui_lora.commands.train import run_here
 
-        plan = prepare(answers_path)
-        return start(plan.answers, plan)
+        plan = prepare_plan(load_answers(answers_path))
+        return run_here(plan, create_run_folder(plan.answers))
     print(f"demo ready: {answers_path}")
     print(f"train it with:  lora-wizard train {answers_path}")
     return 0

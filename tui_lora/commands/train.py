@@ -1,7 +1,8 @@
 """`lora-wizard train FILE`: train headless from an answers file.
 
 On a terminal the progress is a Rich display; otherwise every event is printed as one JSON
-line (the first says where the run folder is). `--dry-run` validates and prints the plan only.
+line (the first says where the run folder is). `--dry-run` validates and prints the plan only;
+`--detach` starts the engine as its own process and returns.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from engine.config import Answers, load_answers
+from engine.config import load_answers
 from engine.plan import TrainingPlan
 
 
@@ -19,29 +20,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train a LoRA from an answers file (headless)")
     parser.add_argument("answers", type=Path, metavar="FILE", help="the answers file (TOML) the wizard saved")
     parser.add_argument("--dry-run", action="store_true", help="validate everything and print the plan; train nothing")
+    parser.add_argument("--detach", action="store_true", help="run the engine in the background, immune to the terminal closing")
     parser.set_defaults(handler=run)
-
-
-def prepare(answers_path: Path) -> TrainingPlan:
-    """Everything checked before torch loads: answers, model files, dataset, output."""
-    from engine.dataset import open_image
-    from engine.errors import ModelFileError
-    from engine.families import inspect_base_model
-    from engine.families.sd import FAMILIES
-    from engine.plan import plan_training
-    from engine.train import check_output_free
-
-    answers = load_answers(answers_path)
-    check_output_free(answers)
-    info = inspect_base_model(answers.model.path, tokenizer=answers.model.tokenizer)
-    if info.tokenizer is None:
-        raise ModelFileError(f"no tokenizer found for this model: {info.tokenizer_note}", where=info.source,
-                             fix="set `[model] tokenizer` to a folder holding vocab.json and merges.txt")
-    family = FAMILIES[info.family]
-    plan = plan_training(answers, family_label=info.label, default_resolution=family.default_resolution)
-    for example in dict.fromkeys(e.path for e in (*plan.dataset.train_examples, *plan.dataset.reg_examples)):
-        open_image(example)
-    return plan
 
 
 def print_plan(plan: TrainingPlan, file=sys.stdout) -> None:
@@ -54,27 +34,43 @@ def print_plan(plan: TrainingPlan, file=sys.stdout) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    plan = prepare(args.answers)
+    from engine.plan import prepare_plan
+    from engine.runs import create_run_folder
+
+    plan = prepare_plan(load_answers(args.answers))
     if args.dry_run:
         print_plan(plan)
         print("Dry run: nothing was trained or written.")
         return 0
-    return start(plan.answers, plan)
+    folder = create_run_folder(plan.answers)
+    if args.detach:
+        return detach(folder)
+    return run_here(plan, folder)
 
 
-def start(answers: Answers, plan: TrainingPlan) -> int:
-    from engine.runs import create_run_folder, execute_run
+def detach(folder: Path, *, resume: bool = False) -> int:
+    from engine.runs import spawn_detached
 
-    folder = create_run_folder(answers)
-    if sys.stdout.isatty():
-        from tui_lora.progress import RichProgress
+    pid = spawn_detached(folder, resume=resume)
+    print(folder)
+    print(f"engine running in the background (pid {pid}); follow it with: lora-wizard attach {folder}", file=sys.stderr)
+    return 0
 
-        print_plan(plan)
-        with RichProgress() as progress:
-            status = execute_run(plan, folder, [progress.on_event])
-        progress.summary()
-        return status
-    return execute_run(plan, folder, [print_json_line])
+
+def run_here(plan: TrainingPlan, folder: Path, *, resume: bool = False) -> int:
+    """Train in this process, holding the run's lock, with progress on this terminal."""
+    from engine.runs import RunLock, execute_run
+
+    with RunLock(folder):
+        if sys.stdout.isatty():
+            from tui_lora.progress import RichProgress
+
+            print_plan(plan)
+            with RichProgress() as progress:
+                status = execute_run(plan, folder, [progress.on_event], resume=resume)
+            progress.summary()
+            return status
+        return execute_run(plan, folder, [print_json_line], resume=resume)
 
 
 def print_json_line(event: dict) -> None:

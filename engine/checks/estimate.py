@@ -1,0 +1,285 @@
+"""VRAM and time estimates for a LoRA run, before anything is loaded.
+
+Every number below is data with its source in a comment: a published figure, arithmetic on one,
+or a measurement of this project (bench/step_time.py). The model is deliberately small:
+
+    VRAM  = CUDA context + frozen weights (2 or 4 bytes a parameter)
+            + LoRA parameters x 16 bytes (fp32 weight, gradient, two AdamW moments)
+            + activations per image x batch size x (resolution / family resolution)^2
+    time  = TFLOP per image x batch / (GPU peak TFLOP/s x utilization(batch)) + fixed overhead,
+            times gradient accumulation; on a CPU, the measured TFLOP/s per core instead.
+
+Published speeds of the same job differ by about 2x between sources (see GPU_SPEEDS), so an
+estimate is good to about a factor of two: enough to tell minutes from hours, and to catch a
+run that cannot fit before hours are spent.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+GiB = 1024**3
+GB = 1000**3
+
+
+@dataclass(frozen=True)
+class FamilyCost:
+    """What training one model family costs, at the family's own resolution."""
+
+    family: str
+    label: str
+    resolution: int
+    frozen_params: int  # UNet + text encoder(s) + VAE
+    lora_params_per_rank_unet: int  # kohya's default targets
+    lora_params_per_rank_text_encoders: int
+    tflop_per_image: float  # one LoRA step, forward + backward, latents cached
+    vae_encode_tflop: float  # added per image when latents are not cached
+    activations_gib: float  # per image, without gradient checkpointing
+    activations_checkpointed_gib: float  # per image, with gradient checkpointing
+
+
+FAMILY_COSTS: dict[str, FamilyCost] = {
+    # Parameter counts: computed from engine/families/configs/sd15 on the meta device
+    # (UNet 859,520,964 + CLIP-L 123,060,480 + VAE 83,653,863); LoRA targets as kohya's
+    # networks/lora.py (192 UNet + 72 text-encoder modules). TFLOP: performance-facts.md
+    # (UNet fwd ~0.80 TFLOP at 64x64 latents; a LoRA step ~2x fwd = 1.6; VAE encoder 1.13 at 512).
+    # Activations: kohya_ss#2474 (~4 GB for SD1.5 LoRA at batch 1 with checkpointing) minus
+    # 2.0 GiB fp16 weights and 0.5 GiB context = ~1.5 GiB; checkpointing saves 1.25 GB
+    # (performance-facts.md), so ~2.75 GiB without it.
+    "sd1": FamilyCost("sd1", "SD 1.x", 512, 1_066_235_307, 423_936, 165_888, 1.6, 1.13, 2.75, 1.5),
+    # SD 2.x: computed from engine/families/configs/sd2 (UNet 865,910,724, OpenCLIP-H text
+    # encoder 340,387,840 with 23 layers, VAE 83,653,863). The UNet has SD 1.x's shape and cost
+    # per latent pixel, so FLOPs and activations are SD 1.x's (arithmetic, not measured).
+    "sd2": FamilyCost("sd2", "SD 2.x", 512, 1_289_952_427, 432_128, 423_936, 1.6, 1.13, 2.75, 1.5),
+    # SDXL: parameters computed from the SDXL base UNet config (2,567,463,684) + CLIP-L
+    # (123,060,480) + OpenCLIP-bigG with projection (694,659,840) + VAE (83,653,863).
+    # TFLOP: performance-facts.md (LoRA step ~13.5 TFLOP at 128x128 latents; VAE 4x SD's at 1024).
+    # Activations: sd-scripts docs/train_SDXL-en.md (LoRA "10 GB recommended" with all savings
+    # at batch 1) minus 6.5 GiB fp16 weights and 0.5 GiB context = ~2.5 GiB with checkpointing;
+    # without it, SD 1.x's 1.25 GB scaled by the forward FLOP ratio 6.8 / 0.8 = 8.5 (~+10.6):
+    # derived, not measured.
+    "sdxl": FamilyCost("sdxl", "SDXL", 1024, 3_468_837_867, 2_659_840, 903_168, 13.5, 4.52, 13.1, 2.5),
+}
+
+# The CUDA context plus cuBLAS / cuDNN workspaces of one process (assumed, typically 0.3-0.6 GB).
+CUDA_CONTEXT_GIB = 0.5
+# fp32 LoRA weight + gradient + AdamW's two moments (4 + 4 + 8 bytes).
+BYTES_PER_TRAINED_PARAM = 16
+# Gradient checkpointing costs ~18% speed (performance-facts.md).
+CHECKPOINTING_SLOWDOWN = 1 / (1 - 0.18)
+# fp32 instead of fp16 mixed precision: 2.2x slower on a T4 (performance-facts.md).
+FP32_SLOWDOWN = 2.2
+# Per-step cost that does not shrink with a faster GPU: kernel launches, the optimizer step,
+# data loading. Assumed; torchtune#522 measured 40-50 ms for a per-step loss.item() sync alone,
+# which the engine avoids by reading the loss back every log_every_steps.
+STEP_OVERHEAD_S = 0.03
+
+
+@dataclass(frozen=True)
+class GpuSpeed:
+    """Dense fp16/bf16 tensor-core peak with fp32 accumulation, which mixed precision uses."""
+
+    pattern: str  # regular expression matched against the GPU name
+    label: str
+    peak_tflops: float
+    compute_capability: tuple[int, int]
+
+
+GPU_SPEEDS: tuple[GpuSpeed, ...] = (
+    # NVIDIA H100 / H200 datasheets: 989 TFLOP/s dense bf16 (SXM), 756 (PCIe).
+    GpuSpeed(r"H100.*PCIe", "H100 PCIe", 756.0, (9, 0)),
+    GpuSpeed(r"H100|H200|GH200", "H100 / H200 SXM", 989.0, (9, 0)),
+    # NVIDIA A100 datasheet: 312 TFLOP/s dense bf16.
+    GpuSpeed(r"A100", "A100", 312.0, (8, 0)),
+    # NVIDIA L40S datasheet: 733 with sparsity -> 362 dense.
+    GpuSpeed(r"L40S", "L40S", 362.0, (8, 9)),
+    # NVIDIA L4 datasheet: 242 with sparsity -> 121 dense.
+    GpuSpeed(r"\bL4\b", "L4", 121.0, (8, 9)),
+    # NVIDIA A10 datasheet: 250 with sparsity -> 125 dense.
+    GpuSpeed(r"\bA10\b", "A10", 125.0, (8, 6)),
+    # NVIDIA RTX A6000 datasheet: 309.7 with sparsity -> 154.8 dense (full-rate fp32 accumulate).
+    GpuSpeed(r"RTX A6000", "RTX A6000", 154.8, (8, 6)),
+    # NVIDIA Ada whitepaper: RTX 4090 165.2, RTX 4080 97.5 (fp16 with fp32 accumulate, dense).
+    # Check: SDXL LoRA 13.5 TFLOP / (165.2 x 9%) + 0.03 s = 0.94 s/it, published ~1.08 it/s
+    # (kohya_ss#1288).
+    GpuSpeed(r"RTX 4090", "RTX 4090", 165.2, (8, 9)),
+    GpuSpeed(r"RTX 4080", "RTX 4080", 97.5, (8, 9)),
+    # NVIDIA GA102 whitepaper: RTX 3090 71, RTX 3080 59.5 (fp32 accumulate, dense). The published
+    # 3090 SDXL LoRA ~1.1 s/it (sd-scripts#827) is 2x faster than this gives: the error bar.
+    GpuSpeed(r"RTX 3090", "RTX 3090", 71.0, (8, 6)),
+    GpuSpeed(r"RTX 3080", "RTX 3080", 59.5, (8, 6)),
+    # GA106: 112 tensor cores x 1.78 GHz x 128 dense FLOP/clock with fp32 accumulate = 25.5.
+    GpuSpeed(r"RTX 3060", "RTX 3060", 25.5, (8, 6)),
+    # NVIDIA Turing whitepaper: RTX 2080 Ti 56.9 (fp32 accumulate). Check: diffusers docs' SD1.5
+    # LoRA, 15k steps of 1x4 images, ~5 h on a 2080 Ti; this model gives ~5.7 h.
+    GpuSpeed(r"2080 Ti", "RTX 2080 Ti", 56.9, (7, 5)),
+    # NVIDIA T4 datasheet: 65 TFLOP/s fp16 mixed precision.
+    GpuSpeed(r"\bT4\b", "T4", 65.0, (7, 5)),
+    # NVIDIA V100 datasheet: 112 (PCIe) to 125 (SXM2); the lower figure.
+    GpuSpeed(r"V100", "V100", 112.0, (7, 0)),
+)
+
+# Model FLOP utilization at batch 1: ~9% for a 4090 SDXL LoRA (performance-facts.md); at large
+# batches ~28% (MosaicML SD2, 8x A100, 290 img/s at 512). In between: 1/sqrt(batch) shape, assumed.
+UTILIZATION_BATCH_1 = 0.09
+UTILIZATION_LARGE_BATCH = 0.28
+
+# Measured by bench/step_time.py on this project's 2-core CPU machine (torch 2.13, fp32): an
+# SD1.5-shaped UNet LoRA step at 256 px took 4.4 s for 0.34 TFLOP = 0.077 TFLOP/s on 2 cores.
+# Scaling linearly with physical cores is an assumption (memory bandwidth limits it).
+CPU_TFLOPS_PER_CORE = 0.0385
+
+
+@dataclass(frozen=True)
+class ComputeDevice:
+    """Where training would run, as far as the estimate cares."""
+
+    kind: Literal["cuda", "rocm", "mps", "cpu"]
+    name: str = ""
+    vram_total: int | None = None  # bytes
+    compute_capability: tuple[int, int] | None = None
+    cpu_cores: int = 1
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    family: str = "sd1"
+    resolution: int | None = None  # None: the family's resolution
+    batch_size: int = 1
+    gradient_accumulation: int = 1
+    mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"
+    gradient_checkpointing: bool = False
+    half_precision_frozen_weights: bool = True
+    cache_latents: bool = True
+    network_dim: int = 8
+    train_text_encoder: bool = True
+
+    @property
+    def cost(self) -> FamilyCost:
+        return FAMILY_COSTS[self.family]
+
+    @property
+    def pixels_scale(self) -> float:
+        """Work per image relative to the family's resolution (linear in pixels; attention grows
+        faster, so larger sizes are underestimated)."""
+        size = self.resolution or self.cost.resolution
+        return (size / self.cost.resolution) ** 2
+
+
+@dataclass(frozen=True)
+class Estimate:
+    setup: TrainingSetup
+    vram_needed: int | None  # bytes; None when training does not run on a GPU
+    seconds_per_step: float | None  # None when no speed figure is known for the device
+    steps: int | None
+    basis: str  # which speed figure the time comes from
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def total_seconds(self) -> float | None:
+        if self.seconds_per_step is None or self.steps is None:
+            return None
+        return self.seconds_per_step * self.steps
+
+
+def training_memory(setup: TrainingSetup) -> int:
+    """Bytes a run needs on its device: weights, trained parameters and activations."""
+    cost = setup.cost
+    weight_bytes = 2 if setup.half_precision_frozen_weights else 4
+    per_rank = cost.lora_params_per_rank_unet + (cost.lora_params_per_rank_text_encoders if setup.train_text_encoder else 0)
+    activations = cost.activations_checkpointed_gib if setup.gradient_checkpointing else cost.activations_gib
+    total = cost.frozen_params * weight_bytes
+    total += per_rank * setup.network_dim * BYTES_PER_TRAINED_PARAM
+    total += activations * GiB * setup.batch_size * setup.pixels_scale
+    return int(total)
+
+
+def vram_needed(setup: TrainingSetup) -> int:
+    return int(training_memory(setup) + CUDA_CONTEXT_GIB * GiB)
+
+
+def gpu_speed(name: str, compute_capability: tuple[int, int] | None) -> tuple[GpuSpeed | None, bool]:
+    """The table row for a GPU, and whether it is an exact match. An unknown GPU is taken as the
+    slowest known one of its architecture (same compute capability, else same major version)."""
+    for row in GPU_SPEEDS:
+        if re.search(row.pattern, name, flags=re.IGNORECASE):
+            return row, True
+    if compute_capability is None:
+        return None, False
+    for same in (lambda r: r.compute_capability == compute_capability, lambda r: r.compute_capability[0] == compute_capability[0]):
+        rows = [r for r in GPU_SPEEDS if same(r)]
+        if rows:
+            return min(rows, key=lambda r: r.peak_tflops), False
+    return None, False
+
+
+def utilization(batch_size: int) -> float:
+    return UTILIZATION_LARGE_BATCH - (UTILIZATION_LARGE_BATCH - UTILIZATION_BATCH_1) / math.sqrt(batch_size)
+
+
+def tflop_per_batch(setup: TrainingSetup) -> float:
+    cost = setup.cost
+    per_image = cost.tflop_per_image + (0.0 if setup.cache_latents else cost.vae_encode_tflop)
+    return per_image * setup.pixels_scale * setup.batch_size
+
+
+def step_seconds(setup: TrainingSetup, device: ComputeDevice) -> tuple[float | None, str]:
+    """Seconds per optimizer step, and the basis of the figure in words."""
+    work = tflop_per_batch(setup)
+    if device.kind == "cpu":
+        tflops = CPU_TFLOPS_PER_CORE * max(device.cpu_cores, 1)
+        seconds = work / tflops
+        basis = f"CPU, {device.cpu_cores} cores x {CPU_TFLOPS_PER_CORE} TFLOP/s (measured per core, fp32)"
+    elif device.kind in ("cuda", "rocm"):
+        row, exact = gpu_speed(device.name, device.compute_capability)
+        if row is None:
+            return None, f"no speed figure for {device.name or 'this GPU'}"
+        share = utilization(setup.batch_size)
+        seconds = work / (row.peak_tflops * share) + STEP_OVERHEAD_S
+        if setup.mixed_precision == "no":
+            seconds *= FP32_SLOWDOWN
+        basis = f"{row.label}: {row.peak_tflops:g} TFLOP/s peak x {share:.0%} utilization"
+        if not exact:
+            basis += f" (not in the table: taken as the slowest known GPU of its architecture, {row.label})"
+    else:
+        return None, "no speed figure for Apple GPUs (MPS)"
+    if setup.gradient_checkpointing:
+        seconds *= CHECKPOINTING_SLOWDOWN
+    return seconds * setup.gradient_accumulation, basis
+
+
+def estimate(setup: TrainingSetup, device: ComputeDevice, steps: int | None = None) -> Estimate:
+    """VRAM and time for `steps` optimizer steps of `setup` on `device`."""
+    seconds, basis = step_seconds(setup, device)
+    on_gpu = device.kind in ("cuda", "rocm", "mps")
+    notes = ["good to about a factor of two: published speeds of the same job differ that much"]
+    if not setup.cache_latents:
+        notes.append("latents are not cached: the VAE encodes every image every step")
+    if device.kind == "cpu":
+        notes.append("training on the CPU: expect hours where a GPU takes minutes")
+    return Estimate(
+        setup=setup,
+        vram_needed=vram_needed(setup) if on_gpu else None,
+        seconds_per_step=seconds,
+        steps=steps,
+        basis=basis,
+        notes=tuple(notes),
+    )
+
+
+def ram_needed_to_load(family: str, platform: str) -> tuple[int, str]:
+    """RAM + swap (bytes) that loading the base model needs, and where the figure comes from."""
+    cost = FAMILY_COSTS[family]
+    # A single-file checkpoint converted to diffusers briefly holds the file's tensors and the
+    # built model (2 x fp32 weights), plus the torch / CUDA runtime (assumed 4 GiB).
+    arithmetic = int(2 * 4 * cost.frozen_params + 4 * GiB)
+    if platform == "win32":
+        # The seed article: kohya on Windows fails with "paging file too small" below about 80 GB
+        # of RAM + paging file; Windows commits memory for every process without overcommit.
+        article = 80 * GB
+        if article > arithmetic:
+            return article, "the seed article: RAM + paging file about 80 GB on Windows"
+    return arithmetic, f"2 x the fp32 weights of {cost.label} (loading converts a copy) + 4 GiB for torch"

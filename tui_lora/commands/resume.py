@@ -1,0 +1,37 @@
+"""`lora-wizard resume RUN_DIR`: continue a run from its newest valid checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from engine.errors import UserError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("resume", help="continue an interrupted run from its newest checkpoint")
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run folder, <output>/<name>.run")
+    parser.add_argument("--detach", action="store_true", help="run the engine in the background")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.plan import prepare_plan
+    from engine.runs import load_run_answers, run_status
+    from tui_lora.commands.train import detach, run_here
+
+    folder = args.run_dir
+    answers = load_run_answers(folder)
+    status = run_status(folder)
+    if status.state == "running":
+        raise UserError(
+            "this run is already running",
+            where=folder,
+            fix=f"follow it with `lora-wizard attach {folder}`; stop it with `lora-wizard stop {folder}`",
+        )
+    if status.state == "finished":
+        raise UserError("this run has finished; there is nothing to resume", where=folder, fix=f"its LoRA: {answers.lora_path}")
+    plan = prepare_plan(answers, for_resume=True)
+    if args.detach:
+        return detach(folder, resume=True)
+    return run_here(plan, folder, resume=True)
