@@ -160,6 +160,16 @@ def read_checkpoint(path: Path) -> LoadedCheckpoint:
     return LoadedCheckpoint(path, Position(**meta["position"]), lora, state, meta["fingerprint"])
 
 
+def newest_fingerprint(run_dir: Path) -> dict[str, Any] | None:
+    """The dataset fingerprint of the newest checkpoint, read without loading any tensor."""
+    for path in checkpoint_dirs(run_dir):
+        try:
+            return json.loads((path / "meta.json").read_text(encoding="utf-8"))["fingerprint"]
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
 def newest_valid_checkpoint(run_dir: Path, on_skip=None) -> LoadedCheckpoint | None:
     """The newest checkpoint that loads; damaged ones are reported through `on_skip` and passed over."""
     for path in checkpoint_dirs(run_dir):
@@ -171,8 +181,9 @@ def newest_valid_checkpoint(run_dir: Path, on_skip=None) -> LoadedCheckpoint | N
     return None
 
 
-def check_same_dataset(checkpoint: LoadedCheckpoint, current: dict[str, Any], run_dir: Path) -> None:
-    change = describe_dataset_change(checkpoint.fingerprint, current)
+def check_same_dataset(saved: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
+    """Refuse to resume when the dataset differs from the one the checkpoint was trained on."""
+    change = describe_dataset_change(saved, current)
     if change:
         raise UserError(
             f"the dataset changed since this run's checkpoint ({change})",

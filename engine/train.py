@@ -460,7 +460,7 @@ def train(plan: TrainingPlan, events: EventLog, *, run_dir: Path | None = None, 
 
         checkpoint = newest_valid_checkpoint(run_dir, on_skip=skipped)
         if checkpoint is not None:
-            check_same_dataset(checkpoint, trainer.fingerprint, run_dir)
+            check_same_dataset(checkpoint.fingerprint, trainer.fingerprint, run_dir)
     trainer.setup()
     if checkpoint is not None:
         trainer.restore(checkpoint)

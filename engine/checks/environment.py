@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -181,8 +182,10 @@ def gather_facts(output_dir: str | Path | None = None) -> MachineFacts:
 
 def read_nvidia() -> tuple[NvidiaDriverFacts, tuple[GpuFacts, ...]]:
     """The NVIDIA driver and its GPUs from NVML; no driver is a fact, not an error."""
-    import pynvml
-
+    try:
+        import pynvml
+    except ImportError:
+        return NvidiaDriverFacts("error", error="nvidia-ml-py is not installed (pip install nvidia-ml-py)"), ()
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError_LibraryNotFound:
@@ -191,14 +194,21 @@ def read_nvidia() -> tuple[NvidiaDriverFacts, tuple[GpuFacts, ...]]:
         return NvidiaDriverFacts("error", error=str(exc)), ()
     try:
         version = _text(pynvml.nvmlSystemGetDriverVersion())
-        cuda = pynvml.nvmlSystemGetCudaDriverVersion()  # e.g. 12040
-        driver = NvidiaDriverFacts("ok", version=version, cuda_version=f"{cuda // 1000}.{cuda % 1000 // 10}")
+        driver = NvidiaDriverFacts("ok", version=version, cuda_version=_driver_cuda_version(pynvml))
         gpus = tuple(_nvml_gpu(pynvml, index) for index in range(pynvml.nvmlDeviceGetCount()))
     except pynvml.NVMLError as exc:
         return NvidiaDriverFacts("error", error=str(exc)), ()
     finally:
         pynvml.nvmlShutdown()
     return driver, gpus
+
+
+def _driver_cuda_version(pynvml) -> str | None:
+    try:
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion()  # e.g. 12040
+    except pynvml.NVMLError:
+        return None
+    return f"{cuda // 1000}.{cuda % 1000 // 10}"
 
 
 def _nvml_gpu(pynvml, index: int) -> GpuFacts:
@@ -328,66 +338,64 @@ def recommend(
     """Settings that fit this machine for a model family, with the reason for each."""
     device = training_device(facts)
     ram_needed, ram_source = ram_needed_to_load(family, facts.platform)
-    memory = {"ram_swap_needed": ram_needed, "ram_swap_source": ram_source, "warnings": _ram_warnings(facts, ram_needed, ram_source)}
+    warnings = _ram_warnings(facts, ram_needed, ram_source)
     cached = "latents cached in memory: the VAE encoder costs more than the UNet forward pass (performance-facts.md)"
-    if device.kind in ("cpu", "mps"):
-        where = "no usable GPU: training runs on the CPU" if device.kind == "cpu" else "Apple GPU (MPS): untested by lora-wizard"
-        return Recommendations(
-            device.kind, device.name, 1, "no", False, False, "memory", None,
-            reasons=(f"{where}, in fp32 at batch size 1", cached), **memory,
-        )
+    common = {"device": device.kind, "device_name": device.name, "cache_latents": "memory", "ram_swap_needed": ram_needed, "ram_swap_source": ram_source}
     gpu = training_gpu(facts)
-    assert gpu is not None  # training_device only picks a GPU when there is one
+    if device.kind in ("cpu", "mps") or gpu is None:
+        where = "Apple GPU (MPS): untested by lora-wizard" if device.kind == "mps" else "no usable GPU: training runs on the CPU"
+        return Recommendations(
+            **common, batch_size=1, mixed_precision="no", gradient_checkpointing=False, half_precision_frozen_weights=False,
+            fits=None, reasons=(f"{where}, in fp32 at batch size 1", cached), warnings=warnings,
+        )
     base = TrainingSetup(family=family, resolution=resolution, network_dim=network_dim, train_text_encoder=train_text_encoder)
-    setup, fits, reasons = _fit_to_vram(base, gpu)
+    setup, reasons = _fit_to_vram(base, gpu)
+    fits = vram_needed(setup) <= usable_vram(gpu)
+    if not fits:
+        warnings += (
+            f"{setup.cost.label} needs about {gib(vram_needed(setup))} even at batch size 1 with every saving; "
+            f"this GPU has {gib(gpu.vram_total)}: expect it to run out of memory",
+        )
     precision = "bf16" if gpu.supports_bf16 else "fp16"
     capability = ".".join(map(str, gpu.compute_capability)) if gpu.compute_capability else "unknown"
-    reasons.insert(
-        0,
-        f"{precision}: compute capability {capability} "
-        + ("supports bf16 (no loss scaling needed)" if precision == "bf16" else "has no bf16 (needs 8.0)"),
-    )
-    reasons.append(cached)
+    why_precision = "supports bf16 (no loss scaling needed)" if precision == "bf16" else "has no bf16 (needs 8.0)"
     return Recommendations(
-        device.kind, device.name, setup.batch_size, precision, setup.gradient_checkpointing,
-        setup.half_precision_frozen_weights, "memory", fits, reasons=tuple(reasons), **memory,
+        **common, batch_size=setup.batch_size, mixed_precision=precision,
+        gradient_checkpointing=setup.gradient_checkpointing, half_precision_frozen_weights=setup.half_precision_frozen_weights,
+        fits=fits, reasons=(f"{precision}: compute capability {capability} {why_precision}", *reasons, cached), warnings=warnings,
     )
 
 
 # From the cheapest to the most costly way of saving memory: fp32 frozen weights and no
 # checkpointing, then half-precision frozen weights (no speed cost), then gradient
-# checkpointing (~18% slower).
+# checkpointing (~18% slower, only when batch size 1 needs it).
 _MEMORY_PLANS = (
     {"half_precision_frozen_weights": False, "gradient_checkpointing": False},
     {"half_precision_frozen_weights": True, "gradient_checkpointing": False},
 )
 
 
-def _fit_to_vram(base: TrainingSetup, gpu: GpuFacts) -> tuple[TrainingSetup, bool, list[str]]:
+def _fit_to_vram(base: TrainingSetup, gpu: GpuFacts) -> tuple[TrainingSetup, list[str]]:
     """The largest batch, then the cheapest memory plan, whose estimate fits the card."""
     usable = usable_vram(gpu)
-    small = gpu.vram_total < SMALL_VRAM
-    sizes = (1,) if small else BATCH_SIZES
     room = f"{gib(usable)} usable of {gib(gpu.vram_total)}"
-    batch_reason = (
-        "batch size 1: under 10 GB of VRAM (the seed article)"
-        if small
-        else "batch size {batch}: the largest of " + ", ".join(map(str, sorted(BATCH_SIZES))) + f" that fits {room}"
-    )
-    for batch in sizes:
+    small = gpu.vram_total < SMALL_VRAM
+    for batch in (1,) if small else BATCH_SIZES:
         for plan in _MEMORY_PLANS:
             setup = replace(base, batch_size=batch, **plan)
             if vram_needed(setup) <= usable:
-                reasons = [batch_reason.format(batch=batch), *_plan_reasons(setup, room)]
-                return setup, True, reasons
+                if small:
+                    why_batch = "batch size 1: under 10 GB of VRAM (the seed article)"
+                else:
+                    offered = ", ".join(map(str, sorted(BATCH_SIZES)))
+                    why_batch = f"batch size {batch}: the largest of {offered} that fits {room}"
+                return setup, [why_batch, *_plan_reasons(setup, room)]
     setup = replace(base, batch_size=1, half_precision_frozen_weights=True, gradient_checkpointing=True)
-    fits = vram_needed(setup) <= usable
-    reasons = [
-        "batch size 1: " + ("the only size that fits" if fits else "even batch size 1 needs more VRAM than this card has"),
+    return setup, [
+        "batch size 1: the smallest there is",
         f"gradient checkpointing on: batch size 1 does not fit {room} without it (~18% slower)",
         "half-precision frozen weights: fp32 weights do not fit",
     ]
-    return setup, fits, reasons
 
 
 def _plan_reasons(setup: TrainingSetup, room: str) -> list[str]:
@@ -481,8 +489,8 @@ def _cuda_remedy(facts: MachineFacts) -> str:
 def _arch_problem(arch_list: tuple[str, ...], capability: tuple[int, int] | None) -> str | None:
     """Whether this torch build has kernels for the GPU: its sm_XY, or PTX (compute_XY) of an
     older architecture that the driver can compile. None when it does, or when unknown."""
-    if not arch_list or capability is None:
-        return None
+    if capability is None or not any(a.startswith("sm_") for a in arch_list):
+        return None  # unknown, or a ROCm build (gfx names)
     number = capability[0] * 10 + capability[1]
     compiled = [int(a[3:]) for a in arch_list if a.startswith("sm_") and a[3:].isdigit()]
     ptx = [int(a[8:]) for a in arch_list if a.startswith("compute_") and a[8:].isdigit()]
@@ -494,6 +502,8 @@ def _arch_problem(arch_list: tuple[str, ...], capability: tuple[int, int] | None
 def _driver_item(facts: MachineFacts) -> CheckItem:
     driver = facts.driver
     title = "NVIDIA driver"
+    if driver.status != "ok" and (facts.torch.build == "rocm" and facts.torch.cuda_available or facts.torch.mps_available):
+        return CheckItem("nvidia_driver", "gpu", title, "ok", "not needed: torch uses the " + ("AMD GPU (ROCm)" if facts.torch.build == "rocm" else "Apple GPU"))
     if driver.status == "not_found":
         return CheckItem(
             "nvidia_driver", "gpu", title, "warn", "not found (no NVIDIA GPU, or no driver installed)",
@@ -571,5 +581,5 @@ def _optional_package_item(name: str, version: str | None, use: str) -> CheckIte
     return CheckItem(f"package.{name}", "packages", name, "ok", summary)
 
 
-def worst(items: list[CheckItem]) -> Status:
+def worst(items: Iterable[CheckItem]) -> Status:
     return max((item.status for item in items), key=STATUS_ORDER.__getitem__, default="ok")

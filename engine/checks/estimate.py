@@ -234,7 +234,8 @@ def step_seconds(setup: TrainingSetup, device: ComputeDevice) -> tuple[float | N
         seconds = work / tflops
         basis = f"CPU, {device.cpu_cores} cores x {CPU_TFLOPS_PER_CORE} TFLOP/s (measured per core, fp32)"
     elif device.kind in ("cuda", "rocm"):
-        row, exact = gpu_speed(device.name, device.compute_capability)
+        # ROCm reports AMD architectures as "compute capabilities" too; they mean nothing here.
+        row, exact = gpu_speed(device.name, device.compute_capability if device.kind == "cuda" else None)
         if row is None:
             return None, f"no speed figure for {device.name or 'this GPU'}"
         share = utilization(setup.batch_size)

@@ -47,7 +47,7 @@ class CheckReport:
 
     @property
     def status(self) -> Status:
-        return worst(list(self.items))
+        return worst(self.items)
 
     @property
     def exit_code(self) -> int:
@@ -104,7 +104,8 @@ def _model_and_dataset_items(answers: Answers) -> tuple[list[CheckItem], str, in
         items.append(CheckItem("run.model", "run", "Base model", "fail", exc.message, exc.fix))
         items.append(CheckItem("run.tokenizer", "run", "Tokenizer", "warn", "not checked: the base model is not readable", None))
     else:
-        family, label = info.family, info.label
+        if info.family in FAMILY_COSTS:  # else the estimate falls back to SD 1.x's figures
+            family, label = info.family, info.label
         items.append(CheckItem("run.model", "run", "Base model", "ok", f"{info.label}, {info.layout}, predicts {info.prediction}: {answers.model.path}"))
         items.append(_tokenizer_item(info.tokenizer, info.tokenizer_note))
     steps = None

@@ -51,6 +51,8 @@ HF_TOKENIZERS = {
     "sd2": ("stabilityai/stable-diffusion-2-1", "tokenizer"),
 }
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+# Downloads that failed in this process: the wizard inspects the model often, a dead network costs once.
+_FAILED_DOWNLOADS: dict[str, str] = {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,6 +103,10 @@ def _harmless_globals_allowed() -> Iterator[None]:
         yield
 
 
+# What torch's weights-only unpickler says when it refuses a global (as opposed to a damaged pickle).
+_CODE_REFUSALS = ("Unsupported global", "unrecognized function", "Can only build", "Can only create new object", "is blocked")
+
+
 def _refuse_code(path: Path, names: list[str] | str) -> ModelFileError:
     what = ", ".join(sorted(names)) if isinstance(names, list) else names
     return ModelFileError(
@@ -128,7 +134,9 @@ def read_pickle_checkpoint(path: Path, *, mmap: bool = False) -> dict[str, Any]:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as exc:
-            raise _refuse_code(path, str(exc).splitlines()[0][:300]) from None
+            message = " ".join(str(exc).split())
+            refused = next((message[message.index(marker) :] for marker in _CODE_REFUSALS if marker in message), None)
+            raise (_refuse_code(path, refused[:300]) if refused else _damaged(path, exc)) from None
         except (OSError, RuntimeError, EOFError, ValueError) as exc:
             if mmap:  # legacy formats cannot be memory-mapped
                 return read_pickle_checkpoint(path, mmap=False)
@@ -220,7 +228,7 @@ def normalize_ldm_keys(tensors: dict[str, Any]) -> dict[str, Any]:
 
 
 def detect_family(keys: Any, path: Path) -> str:
-    """"sd1" or "sd2" from the state-dict key names; anything else is a ModelFileError."""
+    """The family ("sd1" or "sd2") from the state-dict key names; anything else is a ModelFileError."""
     keys = list(keys)
     if any(key.startswith(SDXL_PREFIX) for key in keys):
         raise ModelFileError(
@@ -233,7 +241,11 @@ def detect_family(keys: Any, path: Path) -> str:
     elif any(key.startswith(CLIP_TEXT_MODEL_PREFIX) for key in keys):
         family = "sd1"
     else:
-        raise ModelFileError(f"this is not a Stable Diffusion checkpoint ({_what_it_looks_like(keys)})", where=path, fix="give an SD 1.x or SD 2.x base model (.safetensors, .ckpt or a diffusers folder)")
+        raise ModelFileError(
+            f"this is not a Stable Diffusion checkpoint ({_what_it_looks_like(keys)})",
+            where=path,
+            fix="give an SD 1.x or SD 2.x base model (.safetensors, .ckpt or a diffusers folder)",
+        )
     for prefix, part in ((UNET_PREFIX, "UNet"), (VAE_PREFIX, "VAE")):
         if not any(key.startswith(prefix) for key in keys):
             raise ModelFileError(
@@ -245,7 +257,7 @@ def detect_family(keys: Any, path: Path) -> str:
 
 
 def _what_it_looks_like(keys: list[str]) -> str:
-    if any(key.startswith(("lora_unet_", "lora_te", "lora_")) for key in keys):
+    if any(key.startswith("lora_") for key in keys):
         return "it looks like a LoRA, not a base model"
     if any(key.startswith(("encoder.down", "decoder.up")) for key in keys):
         return "it looks like a VAE on its own"
@@ -267,7 +279,11 @@ def _indices(shapes: dict[str, tuple[int, ...]], prefix: str) -> list[int]:
 
 def _shape(shapes: dict[str, tuple[int, ...]], key: str, path: Path) -> tuple[int, ...]:
     if key not in shapes:
-        raise ModelFileError(f"this checkpoint has no tensor `{key}`: it is incomplete or not a standard SD model", where=path, fix="use the original model file")
+        raise ModelFileError(
+            f"this checkpoint has no tensor `{key}`: it is incomplete or not a standard SD model",
+            where=path,
+            fix="use the original model file",
+        )
     return shapes[key]
 
 
@@ -403,7 +419,7 @@ def _load_strictly(model: Any, state_dict: dict[str, Any], part: str, path: Path
     try:
         model.load_state_dict(_float32(state_dict), strict=True, assign=True)
     except RuntimeError as exc:
-        detail = str(exc).replace("\n", " ")
+        detail = " ".join(str(exc).split())
         raise ModelFileError(
             f"the {part} weights in this checkpoint do not match a standard {part}: {detail[:600]}",
             where=path,
@@ -581,7 +597,7 @@ class TokenizerSearch:
     looked: list[str]  # every place tried, with what was found there
 
 
-def find_tokenizer(path: Path, family: str, tokenizer_dir: Path | None, *, allow_download: bool) -> TokenizerSearch:
+def find_tokenizer(path: Path, family: str, tokenizer_dir: Path | None) -> TokenizerSearch:
     """Where the tokenizer of a single-file model is: given, beside it, in the HF cache, or fetched once."""
     if tokenizer_dir is not None:
         for candidate in (tokenizer_dir, tokenizer_dir / "tokenizer"):
@@ -605,14 +621,14 @@ def find_tokenizer(path: Path, family: str, tokenizer_dir: Path | None, *, allow
     looked.append(f"the Hugging Face cache {hugging_face_cache_dir()} ({where}: not there)")
     if hugging_face_offline():
         looked.append(f"download of {where}: not tried, HF_HUB_OFFLINE is set")
-    elif not allow_download:
-        looked.append(f"download of {where}: not tried here; loading the model will try it once")
+    elif where in _FAILED_DOWNLOADS:
+        looked.append(f"download of {where}: failed earlier ({_FAILED_DOWNLOADS[where]})")
     else:
         try:
             downloaded = _download_tokenizer(family)
         except Exception as exc:  # any network or hub failure: report it among the places looked
-            reason = " ".join(str(exc).split())[:200]
-            looked.append(f"download of {where}: failed ({type(exc).__name__}: {reason})")
+            _FAILED_DOWNLOADS[where] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            looked.append(f"download of {where}: failed ({_FAILED_DOWNLOADS[where]})")
         else:
             if downloaded is not None:
                 return TokenizerSearch(downloaded, looked + [f"{downloaded} (downloaded into the Hugging Face cache)"])
@@ -664,7 +680,7 @@ def load_single_file(path: Path, *, prediction: str = "auto", tokenizer_dir: Pat
     path = Path(path)
     tensors, metadata, architecture = read_checkpoint(path)
     family = FAMILIES[architecture.family]
-    search = find_tokenizer(path, architecture.family, tokenizer_dir, allow_download=True)
+    search = find_tokenizer(path, architecture.family, tokenizer_dir)
     if search.folder is None:
         raise missing_tokenizer_error(path, architecture.family, search)
 
@@ -697,7 +713,10 @@ def load_single_file(path: Path, *, prediction: str = "auto", tokenizer_dir: Pat
 
 
 def inspect_base_model(path: Path, tokenizer: Path | None = None) -> ModelInfo:
-    """What a base model is, cheaply: a safetensors header or a diffusers folder's configs, no weights."""
+    """What a base model is, cheaply: a safetensors header or a diffusers folder's configs, no weights.
+
+    A single file's tokenizer is looked up as loading would (and, online, fetched once into the Hugging
+    Face cache: a few small files), so a plan that passes here does not fail later for want of one."""
     path = Path(path)
     if path.is_dir():
         return _inspect_diffusers_folder(path)
@@ -715,7 +734,7 @@ def inspect_base_model(path: Path, tokenizer: Path | None = None) -> ModelInfo:
         prediction, reason = "epsilon", "SD 1.x models predict noise"
     else:
         prediction, reason = "unknown", "decided when loading, by AUTOMATIC1111's UNet test"
-    search = find_tokenizer(path, architecture.family, Path(tokenizer) if tokenizer else None, allow_download=False)
+    search = find_tokenizer(path, architecture.family, Path(tokenizer) if tokenizer else None)
     tokenizer_note = search.looked[-1] if search.folder else "not found; looked in: " + "; ".join(search.looked)
     return _model_info(architecture.family, "single file", prediction, reason, search.folder, tokenizer_note, path)
 

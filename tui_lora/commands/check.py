@@ -73,7 +73,8 @@ def print_report(report: CheckReport, console: Console | None = None) -> None:
     _print_estimate(report, console)
     fails = sum(item.status == "fail" for item in report.items)
     warns = sum(item.status == "warn" for item in report.items)
-    console.print(f"\nResult: {fails} failed, {warns} warnings (exit {report.exit_code})")
+    warnings = "warning" if warns == 1 else "warnings"
+    console.print(f"\nResult: {fails} failed, {warns} {warnings} (exit {report.exit_code})")
 
 
 def _print_recommendations(report: CheckReport, console: Console) -> None:

@@ -16,6 +16,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.checkpoint import check_same_dataset, dataset_fingerprint, newest_fingerprint
     from engine.plan import prepare_plan
     from engine.runs import load_run_answers, run_status
     from tui_lora.commands.train import detach, run_here
@@ -32,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     if status.state == "finished":
         raise UserError("this run has finished; there is nothing to resume", where=folder, fix=f"its LoRA: {answers.lora_path}")
     plan = prepare_plan(answers, for_resume=True)
+    saved = newest_fingerprint(folder)
+    if saved is not None:  # refuse a changed dataset before loading anything heavy
+        check_same_dataset(saved, dataset_fingerprint(plan.dataset), folder)
     if args.detach:
         return detach(folder, resume=True)
     return run_here(plan, folder, resume=True)

@@ -1,0 +1,331 @@
+"""The environment check and its recommendations, on simulated machines (any GPU, or none), and
+the estimate's table against the published figures it cites."""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from engine.checks.environment import (
+    REQUIRED_PACKAGES,
+    GpuFacts,
+    MachineFacts,
+    NvidiaDriverFacts,
+    TorchFacts,
+    gather_facts,
+    machine_items,
+    read_nvidia,
+    recommend,
+    training_gpu,
+    worst,
+)
+from engine.checks.estimate import (
+    FAMILY_COSTS,
+    GB,
+    ComputeDevice,
+    GiB,
+    TrainingSetup,
+    estimate,
+    gpu_speed,
+    ram_needed_to_load,
+    vram_needed,
+)
+from engine.checks.report import run_checks
+
+REPO = Path(__file__).resolve().parents[2]
+
+CUDA_TORCH = TorchFacts(version="2.6.0+cu124", build="cuda", cuda_version="12.4", cuda_available=True, arch_list=("sm_75", "sm_80", "sm_86", "sm_89", "sm_90"))
+CPU_TORCH = TorchFacts(version="2.13.0+cpu", build="cpu")
+DRIVER = NvidiaDriverFacts("ok", version="550.54.15", cuda_version="12.4")
+NO_DRIVER = NvidiaDriverFacts("not_found")
+
+
+def card(name: str, gib: float, capability: tuple[int, int], index: int = 0, free_gib: float | None = None) -> GpuFacts:
+    free = gib - 0.4 if free_gib is None else free_gib  # an idle card: the driver keeps a little
+    return GpuFacts(index, name, int(gib * GiB), int(free * GiB), capability, uuid=f"GPU-{index:08d}-aaaa")
+
+
+CARD_8GB = card("NVIDIA GeForce RTX 2080", 8, (7, 5))
+CARD_12GB = card("NVIDIA GeForce RTX 3060", 12, (8, 6))
+CARD_24GB = card("NVIDIA GeForce RTX 4090", 24, (8, 9))
+CARD_80GB = card("NVIDIA H100 80GB HBM3", 79.6, (9, 0))
+
+
+def machine(*gpus: GpuFacts, torch: TorchFacts = CUDA_TORCH, driver: NvidiaDriverFacts = DRIVER, **overrides) -> MachineFacts:
+    facts = MachineFacts(
+        python_version=(3, 11, 7),
+        platform="linux",
+        torch=torch,
+        driver=driver,
+        gpus=gpus,
+        cpu_cores=8,
+        ram_total=64 * GiB,
+        ram_available=60 * GiB,
+        swap_total=8 * GiB,
+        swap_free=8 * GiB,
+        disk_path=Path("/data/output"),
+        disk_free=500 * GiB,
+        packages={name: "99.0" for name in REQUIRED_PACKAGES},
+    )
+    return replace(facts, **overrides)
+
+
+def no_gpu_machine(**overrides) -> MachineFacts:
+    return machine(torch=CPU_TORCH, driver=NO_DRIVER, **overrides)
+
+
+def settings(facts: MachineFacts, **kwargs) -> tuple:
+    rec = recommend(facts, **kwargs)
+    return rec.batch_size, rec.mixed_precision, rec.gradient_checkpointing, rec.half_precision_frozen_weights, rec.fits
+
+
+def item(items, item_id):
+    return next(i for i in items if i.id == item_id)
+
+
+# --- recommendations for the four cards and for no GPU -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gpu", "expected"),
+    [
+        # Under 10 GB: batch 1 (the seed article); fp32 frozen weights do not fit, half do;
+        # Turing has no bf16.
+        (CARD_8GB, (1, "fp16", False, True, True)),
+        # 12 GB: two images with fp32 frozen weights; four would not fit.
+        (CARD_12GB, (2, "bf16", False, False, True)),
+        # 24 GB and 80 GB: the largest batch offered, nothing to save.
+        (CARD_24GB, (4, "bf16", False, False, True)),
+        (CARD_80GB, (4, "bf16", False, False, True)),
+    ],
+    ids=["8GB", "12GB", "24GB", "80GB"],
+)
+def test_sd1_recommendations_per_card(gpu, expected):
+    assert settings(machine(gpu)) == expected
+
+
+@pytest.mark.parametrize(
+    ("gpu", "expected"),
+    [
+        # SDXL does not fit an 8 GB card even with every saving: said so, not hidden.
+        (CARD_8GB, (1, "fp16", True, True, False)),
+        (CARD_12GB, (1, "bf16", True, True, True)),
+        (CARD_24GB, (1, "bf16", False, True, True)),
+        (CARD_80GB, (4, "bf16", False, False, True)),
+    ],
+    ids=["8GB", "12GB", "24GB", "80GB"],
+)
+def test_sdxl_recommendations_per_card(gpu, expected):
+    assert settings(machine(gpu), family="sdxl") == expected
+
+
+def test_recommended_settings_fit_the_card_they_are_for():
+    for gpu in (CARD_8GB, CARD_12GB, CARD_24GB, CARD_80GB):
+        rec = recommend(machine(gpu))
+        setup = TrainingSetup(
+            batch_size=rec.batch_size,
+            gradient_checkpointing=rec.gradient_checkpointing,
+            half_precision_frozen_weights=rec.half_precision_frozen_weights,
+        )
+        assert vram_needed(setup) <= gpu.vram_total * 0.9
+        assert rec.cache_latents == "memory"
+        assert len(rec.reasons) >= 3  # precision, batch, memory plan, latents: each explained
+
+
+def test_no_driver_recommends_the_cpu_and_fails_nothing():
+    facts = no_gpu_machine()
+    rec = recommend(facts)
+    assert (rec.device, rec.batch_size, rec.mixed_precision, rec.fits) == ("cpu", 1, "no", None)
+    items = machine_items(facts, rec)
+    assert item(items, "nvidia_driver").status == "warn"
+    assert "not found" in item(items, "nvidia_driver").summary
+    assert item(items, "cuda").status == "warn"
+    assert item(items, "cuda").remedy
+    assert not [i for i in items if i.id.startswith("gpu.")]
+    assert worst(items) == "warn"
+
+
+def test_busy_card_plans_with_the_free_vram():
+    busy = card("NVIDIA GeForce RTX 4090", 24, (8, 9), free_gib=9)
+    assert recommend(machine(busy)).batch_size == 2  # 4 when the card is idle
+    assert recommend(machine(replace(busy, vram_free=6 * GiB))).batch_size == 1
+    assert item(machine_items(machine(busy)), "gpu.0").status == "warn"
+
+
+def test_training_gpu_follows_cuda_visible_devices():
+    small, large = card("NVIDIA GeForce RTX 3060", 12, (8, 6), index=0), card("NVIDIA A100-SXM4-80GB", 80, (8, 0), index=1)
+    assert training_gpu(machine(small, large)).index == 0
+    assert training_gpu(machine(small, large, cuda_visible_devices="1")).index == 1
+    assert training_gpu(machine(small, large, cuda_visible_devices="GPU-00000001")).index == 1
+    assert recommend(machine(small, large, cuda_visible_devices="1")).batch_size == 4
+
+
+# --- checks with remedies ----------------------------------------------------------------------
+
+
+def test_cpu_torch_on_a_gpu_machine_fails_with_the_install_remedy():
+    items = machine_items(machine(CARD_24GB, torch=CPU_TORCH))
+    torch_item = item(items, "torch")
+    assert torch_item.status == "fail"
+    assert "CUDA build" in torch_item.remedy and "12.4" in torch_item.remedy
+    assert recommend(machine(CARD_24GB, torch=CPU_TORCH)).device == "cpu"
+
+
+def test_driver_older_than_the_torch_build_fails():
+    old_driver = NvidiaDriverFacts("ok", version="470.82", cuda_version="11.4")
+    torch = replace(CUDA_TORCH, cuda_available=False)
+    items = machine_items(machine(CARD_24GB, torch=torch, driver=old_driver))
+    assert item(items, "nvidia_driver").status == "fail"
+    assert item(items, "cuda").status == "fail"
+    assert "update the NVIDIA driver" in item(items, "cuda").remedy
+
+
+def test_torch_without_kernels_for_the_gpu_fails():
+    pascal = card("NVIDIA GeForce GTX 1080", 8, (6, 1))
+    items = machine_items(machine(pascal))
+    assert item(items, "cuda").status == "fail"
+    assert "6.1" in item(items, "cuda").summary
+
+
+def test_python_and_packages():
+    facts = machine(CARD_24GB, python_version=(3, 9, 18), packages={**{n: "99.0" for n in REQUIRED_PACKAGES}, "peft": None, "diffusers": "0.20.0"})
+    items = machine_items(facts)
+    assert item(items, "python").status == "fail"
+    assert item(items, "package.peft").status == "fail"
+    assert item(items, "package.peft").remedy == "pip install 'peft>=0.17'"
+    assert item(items, "package.diffusers").status == "fail"
+    assert item(items, "package.bitsandbytes").status == "ok"  # optional
+
+
+def test_required_packages_mirror_pyproject():
+    import tomllib
+
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    minimums = dict(re.match(r"([A-Za-z0-9_-]+)>=([\d.]+)$", d).groups() for d in dependencies if ">=" in d and ";" not in d)
+    for name, minimum in REQUIRED_PACKAGES.items():
+        assert minimums[name] == minimum, name
+
+
+def test_memory_warning_thresholds():
+    small = machine(CARD_24GB, ram_total=16 * GiB, swap_total=0)
+    rec = recommend(small, family="sdxl")
+    assert rec.warnings and "swap" in rec.warnings[0]
+    assert item(machine_items(small, rec), "memory").status == "warn"
+    assert recommend(small, family="sd1").warnings == ()
+    # Windows: the seed article's ~80 GB of RAM + paging file.
+    windows = machine(CARD_24GB, platform="win32", ram_total=32 * GiB, swap_total=16 * GiB)
+    memory = item(machine_items(windows, recommend(windows)), "memory")
+    assert memory.status == "warn" and "paging file" in memory.remedy
+    assert ram_needed_to_load("sd1", "win32")[0] == 80 * GB
+    assert ram_needed_to_load("sdxl", "linux")[0] > ram_needed_to_load("sd1", "linux")[0]
+
+
+def test_low_disk_fails():
+    items = machine_items(machine(CARD_24GB, disk_free=int(0.5 * GiB)))
+    assert item(items, "disk").status == "fail"
+    assert item(machine_items(machine(CARD_24GB, disk_free=3 * GiB)), "disk").status == "warn"
+
+
+# --- the estimate -----------------------------------------------------------------------------
+
+
+def test_vram_grows_with_batch_and_resolution_and_shrinks_with_savings():
+    base = TrainingSetup(family="sd1", half_precision_frozen_weights=False)
+    assert vram_needed(replace(base, batch_size=2)) > vram_needed(base)
+    assert vram_needed(replace(base, resolution=768)) > vram_needed(base)
+    assert vram_needed(replace(base, gradient_checkpointing=True)) < vram_needed(base)
+    assert vram_needed(replace(base, half_precision_frozen_weights=True)) < vram_needed(base)
+    # kohya_ss#2474: SD 1.5 LoRA in about 4 GB with checkpointing and half-precision weights.
+    lean = replace(base, gradient_checkpointing=True, half_precision_frozen_weights=True)
+    assert 3.5 * GiB < vram_needed(lean) < 4.5 * GiB
+
+
+def test_estimate_against_published_speeds():
+    # RTX 4090, SDXL LoRA at 1024, batch 1: ~1.08 it/s (kohya_ss#1288).
+    sdxl = estimate(TrainingSetup(family="sdxl", mixed_precision="bf16"), ComputeDevice("cuda", "NVIDIA GeForce RTX 4090", compute_capability=(8, 9)))
+    assert 0.5 < sdxl.seconds_per_step / (1 / 1.08) < 2
+    # RTX 2080 Ti, SD 1.5 LoRA, 15k steps of 1 x 4 images: ~5 h (diffusers docs).
+    sd1 = estimate(
+        TrainingSetup(family="sd1", batch_size=1, gradient_accumulation=4),
+        ComputeDevice("cuda", "NVIDIA GeForce RTX 2080 Ti", compute_capability=(7, 5)),
+        steps=15_000,
+    )
+    assert 0.5 < sd1.total_seconds / (5 * 3600) < 2
+
+
+def test_checkpointing_and_uncached_latents_cost_time():
+    gpu = ComputeDevice("cuda", "NVIDIA GeForce RTX 4090", compute_capability=(8, 9))
+    base = estimate(TrainingSetup(), gpu).seconds_per_step
+    assert estimate(TrainingSetup(gradient_checkpointing=True), gpu).seconds_per_step > base
+    assert estimate(TrainingSetup(cache_latents=False), gpu).seconds_per_step > base
+    assert estimate(TrainingSetup(mixed_precision="no"), gpu).seconds_per_step > 2 * base
+
+
+def test_cpu_estimate_says_how_slow():
+    two, sixteen = ComputeDevice("cpu", cpu_cores=2), ComputeDevice("cpu", cpu_cores=16)
+    slow = estimate(TrainingSetup(mixed_precision="no"), two, steps=1000)
+    assert slow.vram_needed is None
+    assert slow.seconds_per_step > 5  # an SD 1.5 step at 512 px takes many seconds on 2 cores
+    assert slow.total_seconds == pytest.approx(slow.seconds_per_step * 1000)
+    assert estimate(TrainingSetup(mixed_precision="no"), sixteen).seconds_per_step < slow.seconds_per_step
+    assert any("CPU" in note for note in slow.notes)
+
+
+def test_unknown_gpu_is_estimated_from_its_architecture():
+    row, exact = gpu_speed("NVIDIA GeForce RTX 4060", (8, 9))
+    assert not exact and row.compute_capability == (8, 9)
+    row, exact = gpu_speed("NVIDIA GeForce RTX 4090", (8, 9))
+    assert exact and row.peak_tflops == 165.2
+    est = estimate(TrainingSetup(), ComputeDevice("cuda", "Mystery GPU", compute_capability=(1, 0)))
+    assert est.seconds_per_step is None and "no speed figure" in est.basis
+
+
+def test_every_family_has_a_cost_row():
+    assert set(FAMILY_COSTS) == {"sd1", "sd2", "sdxl"}
+
+
+# --- the real machine -------------------------------------------------------------------------
+
+
+def test_this_machine_without_gpu_is_read_cleanly(tmp_path):
+    driver, gpus = read_nvidia()
+    facts = gather_facts(tmp_path / "not" / "yet")
+    assert facts.disk_path == tmp_path and facts.disk_free > 0
+    assert facts.python_version[:2] == sys.version_info[:2]
+    assert facts.torch.version is not None
+    if driver.status != "ok":  # this project's machine: no NVIDIA driver
+        assert gpus == () and facts.gpus == ()
+        report = run_checks(facts=facts)
+        assert report.exit_code == 0
+        assert report.recommendations.device in ("cpu", "mps")
+
+
+def test_amd_gpu_through_rocm_needs_no_nvidia_driver():
+    rocm = TorchFacts(version="2.6.0+rocm6.2", build="rocm", hip_version="6.2", cuda_available=True, arch_list=("gfx90a", "gfx942"))
+    mi250 = GpuFacts(0, "AMD Instinct MI250X", 64 * GiB, None, (9, 0), bf16=True)
+    facts = machine(mi250, torch=rocm, driver=NO_DRIVER)
+    items = machine_items(facts)
+    assert worst(items) == "ok", [i for i in items if i.status != "ok"]
+    rec = recommend(facts)
+    assert (rec.device, rec.mixed_precision, rec.batch_size) == ("rocm", "bf16", 4)
+    # No AMD row in the speed table: no time rather than an NVIDIA card's.
+    assert estimate(TrainingSetup(), ComputeDevice("rocm", mi250.name, compute_capability=(9, 0))).seconds_per_step is None
+
+
+def test_a_card_too_small_for_the_model_is_warned_about():
+    rec = recommend(machine(CARD_8GB), family="sdxl")
+    assert not rec.fits
+    assert any("run out of memory" in warning for warning in rec.warnings)
+
+
+def test_recommendations_are_valid_answers_file_defaults():
+    from engine.config import TrainingSection
+
+    for facts in (machine(CARD_8GB), machine(CARD_80GB), no_gpu_machine()):
+        defaults = recommend(facts).training_defaults()
+        training = TrainingSection(**defaults)  # every key and value is one the answers file accepts
+        assert training.batch_size == defaults["batch_size"]
