@@ -28,7 +28,8 @@ def tiny_dataset(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def write_answers(folder: Path, model: Path, train: Path, reg: Path | None = None, **sections) -> Path:
-    """An answers file for the tiny model; `sections` override keys, e.g. training={"max_steps": 4}."""
+    """An answers file for the tiny model; `sections` override keys, e.g. training={"max_steps": 4};
+    a None value removes the key (its default applies)."""
     import tomli_w
 
     data = {
@@ -42,6 +43,7 @@ def write_answers(folder: Path, model: Path, train: Path, reg: Path | None = Non
         data["dataset"]["reg_dir"] = str(reg)
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
+        data[section] = {k: v for k, v in data[section].items() if v is not None}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "answers.toml"
     path.write_text(tomli_w.dumps(data), encoding="utf-8")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,6 +106,9 @@ def _harmless_globals_allowed() -> Iterator[None]:
 
 # What torch's weights-only unpickler says when it refuses a global (as opposed to a damaged pickle).
 _CODE_REFUSALS = ("Unsupported global", "unrecognized function", "Can only build", "Can only create new object", "is blocked")
+# The refused global's name, in both of torch's spellings: "Unsupported global: GLOBAL getattr was not an
+# allowed global ..." and "Trying to load unsupported GLOBAL posix.system whose module posix is blocked".
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 def _refuse_code(path: Path, names: list[str] | str) -> ModelFileError:
@@ -132,11 +136,16 @@ def read_pickle_checkpoint(path: Path, *, mmap: bool = False) -> dict[str, Any]:
         if unsafe:
             raise _refuse_code(path, unsafe)
         try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            with warnings.catch_warnings():  # torch warns about legacy formats on stderr
+                warnings.simplefilter("ignore")
+                loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as exc:
-            message = " ".join(str(exc).split())
-            refused = next((message[message.index(marker) :] for marker in _CODE_REFUSALS if marker in message), None)
-            raise (_refuse_code(path, refused[:300]) if refused else _damaged(path, exc)) from None
+            message = str(exc)
+            if not any(marker in message for marker in _CODE_REFUSALS):
+                raise _damaged(path, exc) from None
+            # Name what was refused; never pass on torch's advice to allowlist it or to drop weights_only.
+            refused = sorted(set(_REFUSED_GLOBAL.findall(message))) or "an object torch's safe loader refuses"
+            raise _refuse_code(path, refused) from None
         except (OSError, RuntimeError, EOFError, ValueError) as exc:
             if mmap:  # legacy formats cannot be memory-mapped
                 return read_pickle_checkpoint(path, mmap=False)
@@ -149,8 +158,11 @@ def read_pickle_checkpoint(path: Path, *, mmap: bool = False) -> dict[str, Any]:
 
 
 def _damaged(path: Path, exc: BaseException) -> ModelFileError:
+    # Only the first line of the library's message: torch's long advice (e.g. to turn weights_only
+    # off) is not for our users.
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
     return ModelFileError(
-        f"cannot read this model file, it is damaged or incomplete ({exc})",
+        f"cannot read this model file, it is damaged or incomplete ({reason})",
         where=path,
         fix="download the file again (compare its size or hash with the model page)",
     )
