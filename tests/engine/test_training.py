@@ -108,3 +108,20 @@ def test_a_run_without_engine_or_final_event_stopped_unexpectedly(tmp_path, tiny
         events.emit("step", step=2, total_steps=6, epoch=1, loss=0.5, lr=1e-3)
     status = run_status(folder)
     assert (status.state, status.progress) == ("stopped unexpectedly", "2/6")
+
+
+def test_a_single_file_checkpoint_in_the_original_layout_loads_offline_and_trains(tmp_path, tiny_model_dir, tiny_dataset):
+    import shutil
+
+    from engine.plan import prepare_plan
+    from engine.tiny import write_tiny_single_file
+
+    model_file = write_tiny_single_file(tiny_model_dir, tmp_path / "models" / "tiny-sd15.safetensors")
+    shutil.copytree(tiny_model_dir / "tokenizer", tmp_path / "models" / "tokenizer")  # beside the file, as users keep it
+    answers = load_answers(write_answers(tmp_path, model_file, tiny_dataset[0], training={"max_steps": 2}))
+    plan = prepare_plan(answers)
+    assert plan.family_label == "SD 1.x"
+    events = []
+    result = train(plan, EventLog(None, [events.append]))
+    assert result.steps == 2 and result.lora_path.is_file()
+    assert [e["step"] for e in events if e["kind"] == "step"] == [1, 2]
