@@ -57,6 +57,15 @@ class DatasetSection(_Section):
         None, ge=64, le=4096, description="Training size in pixels; empty = the model family's default"
     )
     prior_loss_weight: float = Field(1.0, ge=0.0, le=100.0, description="Weight of the regularization loss")
+    buckets: bool = Field(False, description="Aspect-ratio buckets instead of square crops (kohya's enable_bucket)")
+    min_bucket: int = Field(256, ge=64, le=4096, description="Smallest bucket side in pixels")
+    max_bucket: int = Field(1024, ge=64, le=8192, description="Largest bucket side (raised to the resolution if smaller)")
+    bucket_step: int = Field(64, ge=8, le=512, description="Bucket sides are multiples of this")
+    bucket_no_upscale: bool = Field(False, description="Put small images in a bucket of their own size, never upscaled")
+    shuffle_tags: bool = Field(False, description="Shuffle the comma-separated tags of each caption")
+    keep_tokens: int = Field(0, ge=0, le=255, description="Tags at the start of a caption that are never shuffled")
+    caption_dropout: float = Field(0.0, ge=0.0, le=1.0, description="Chance of training an image with an empty caption")
+    flip: bool = Field(False, description="Mirror images at random (only for subjects that look the same mirrored)")
 
     @field_validator("caption_extension")
     @classmethod
@@ -65,12 +74,18 @@ class DatasetSection(_Section):
             raise ValueError('must start with a dot, e.g. ".txt"')
         return value
 
-    @field_validator("resolution")
+    @field_validator("resolution", "bucket_step")
     @classmethod
     def _multiple_of_8(cls, value: int | None) -> int | None:
         if value is not None and value % 8:
             raise ValueError("must be a multiple of 8 (e.g. 512)")
         return value
+
+    @model_validator(mode="after")
+    def _bucket_range(self) -> DatasetSection:
+        if self.min_bucket > self.max_bucket:
+            raise ValueError(f"min_bucket ({self.min_bucket}) is larger than max_bucket ({self.max_bucket})")
+        return self
 
 
 class NetworkSection(_Section):

@@ -11,6 +11,7 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.buckets import Size
 from engine.files import atomic_write_bytes
 from engine.seeds import generator
 
@@ -44,53 +45,61 @@ class LatentCache:
     """Latents by image path. `keep` False encodes on every use (no caching, same values);
     `folder` set keeps them on disk between runs too."""
 
-    def __init__(
-        self, model: LoadedModel, *, resolution: int, mode: str, seed: int, keep: bool = True, folder: Path | None = None
-    ):
+    def __init__(self, model: LoadedModel, *, mode: str, seed: int, keep: bool = True, folder: Path | None = None):
         self.model = model
         self.keep = keep
-        self.resolution = resolution
         self.mode = mode
         self.seed = seed
         self.folder = folder
-        self._latents: dict[Path, torch.Tensor] = {}
+        self._latents: dict[tuple[Path, Size, bool], torch.Tensor] = {}
 
-    def _disk_key(self, path: Path) -> str:
+    def _disk_key(self, path: Path, size: Size, flip: bool) -> str:
         stat = path.stat()
         vae_config = sorted((k, str(v)) for k, v in self.model.vae.config.items())
         seed_part = self.seed if self.mode == "sample" else ""
-        text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.resolution}|{self.mode}|{seed_part}|{vae_config}"
+        text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{size}|{flip}|{self.mode}|{seed_part}|{vae_config}"
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
-    def _encode(self, path: Path) -> torch.Tensor:
-        from engine.dataset import image_tensor
+    def _encode(self, path: Path, size: Size, flip: bool) -> torch.Tensor:
+        pixels = image_tensor(path, size, flip=flip)
+        sample_generator = generator(self.seed, "latent", path.resolve(), size, flip)
+        return encode_image(self.model, pixels, mode=self.mode, sample_generator=sample_generator)
 
-        pixels = image_tensor(path, self.resolution)
-        return encode_image(self.model, pixels, mode=self.mode, sample_generator=generator(self.seed, "latent", path.resolve()))
-
-    def get(self, path: Path) -> torch.Tensor:
-        if path in self._latents:
-            return self._latents[path]
-        latent = self._load_or_encode(path)
+    def get(self, path: Path, size: Size, flip: bool = False) -> torch.Tensor:
+        key = (path, size, flip)
+        if key in self._latents:
+            return self._latents[key]
+        latent = self._load_or_encode(path, size, flip)
         if self.keep:
-            self._latents[path] = latent
+            self._latents[key] = latent
         return latent
 
-    def _load_or_encode(self, path: Path) -> torch.Tensor:
+    def _load_or_encode(self, path: Path, size: Size, flip: bool) -> torch.Tensor:
         if self.folder is None:
-            return self._encode(path)
+            return self._encode(path, size, flip)
         from safetensors.torch import load, save
 
-        cached = self.folder / f"{self._disk_key(path)}.safetensors"
+        cached = self.folder / f"{self._disk_key(path, size, flip)}.safetensors"
         if cached.is_file():
             try:
                 return load(cached.read_bytes())["latent"]
             except Exception:  # a damaged cache file is re-encoded, never trusted
                 cached.unlink(missing_ok=True)
-        latent = self._encode(path)
+        latent = self._encode(path, size, flip)
         atomic_write_bytes(cached, save({"latent": latent.contiguous()}))
         return latent
 
-    def fill(self, paths: list[Path]) -> None:
-        for path in paths:
-            self.get(path)
+
+def image_tensor(path: Path, size: Size, *, flip: bool = False) -> torch.Tensor:
+    """The training tensor of an image at its bucket size: 3 x height x width, values in [-1, 1]."""
+    import numpy as np
+    import torch
+    from PIL import ImageOps
+
+    from engine.dataset import open_image, resize_and_crop
+
+    image = resize_and_crop(open_image(path), *size)
+    if flip:
+        image = ImageOps.mirror(image)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()

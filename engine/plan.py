@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
+from engine.buckets import Size, assign_buckets, batch_count
 from engine.config import Answers
 from engine.dataset import DatasetPlan, plan_dataset
 
@@ -21,10 +23,20 @@ class TrainingPlan:
     dataset: DatasetPlan
     resolution: int
     family_label: str
+    sizes: dict[Path, Size]  # the training size (bucket) of each image
 
     @property
     def batches_per_epoch(self) -> int:
-        return self.dataset.batches_per_epoch(self.answers.training.batch_size)
+        """Every batch comes from one bucket, so each bucket's last batch may be short."""
+        sizes = [self.sizes[e.path] for e in self.dataset.epoch_examples()]
+        return batch_count(sizes, self.answers.training.batch_size)
+
+    def bucket_counts(self) -> dict[Size, int]:
+        counts: dict[Size, int] = {}
+        for example in self.dataset.epoch_examples():
+            size = self.sizes[example.path]
+            counts[size] = counts.get(size, 0) + 1
+        return dict(sorted(counts.items()))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -49,9 +61,15 @@ class TrainingPlan:
         if self.dataset.reg_concepts:
             reg_images = len(self.dataset.reg_examples)
             lines.append(f"regularization items per epoch: {self.dataset.num_reg_items} (from {reg_images} images, repeated or cut to match)")
-        lines.append(
-            f"batches per epoch: ceil({self.dataset.items_per_epoch} / batch size {training.batch_size}) = {self.batches_per_epoch}"
-        )
+        buckets = self.bucket_counts()
+        if len(buckets) == 1:
+            lines.append(
+                f"batches per epoch: ceil({self.dataset.items_per_epoch} / batch size {training.batch_size}) = {self.batches_per_epoch}"
+            )
+        else:
+            parts = " + ".join(f"ceil({n}/{training.batch_size})" for n in buckets.values())
+            lines.append(f"buckets: {', '.join(f'{w}x{h}: {n}' for (w, h), n in buckets.items())}")
+            lines.append(f"batches per epoch (one bucket per batch): {parts} = {self.batches_per_epoch}")
         if training.gradient_accumulation > 1:
             lines.append(f"steps per epoch: ceil({self.batches_per_epoch} / accumulation {training.gradient_accumulation}) = {self.steps_per_epoch}")
         if training.max_steps:
@@ -82,7 +100,17 @@ class TrainingPlan:
 def plan_training(answers: Answers, *, family_label: str = "SD 1.x", default_resolution: int = 512) -> TrainingPlan:
     dataset = plan_dataset(answers.dataset.train_dir, answers.dataset.reg_dir, caption_extension=answers.dataset.caption_extension)
     resolution = answers.dataset.resolution or default_resolution
-    return TrainingPlan(answers=answers, dataset=dataset, resolution=resolution, family_label=family_label)
+    d = answers.dataset
+    sizes = assign_buckets(
+        (e.path for e in (*dataset.train_examples, *dataset.reg_examples)),
+        resolution,
+        enabled=d.buckets,
+        min_size=d.min_bucket,
+        max_size=d.max_bucket,
+        step=d.bucket_step,
+        no_upscale=d.bucket_no_upscale,
+    )
+    return TrainingPlan(answers=answers, dataset=dataset, resolution=resolution, family_label=family_label, sizes=sizes)
 
 
 def prepare_plan(answers: Answers, *, for_resume: bool = False) -> TrainingPlan:

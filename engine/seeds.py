@@ -25,8 +25,8 @@ def generator(seed: int, *parts: object) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, *parts))
 
 
-def epoch_order(seed: int, epoch: int, count: int) -> list[int]:
-    """The shuffled order of one epoch's items."""
+def epoch_order(seed: int, epoch: int, count: int, what: str = "order") -> list[int]:
+    """A seeded permutation of `count` things for one epoch: its items, or its batches."""
     import torch
 
-    return torch.randperm(count, generator=generator(seed, "order", epoch)).tolist()
+    return torch.randperm(count, generator=generator(seed, what, epoch)).tolist()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.captions import augment_caption, flip_sample
 from engine.checkpoint import (
     LoadedCheckpoint,
     Position,
@@ -193,16 +194,12 @@ class Trainer:
 
         cache_folder = a.output.dir / ".latent-cache" if a.training.cache_latents == "disk" else None
         self.latents = LatentCache(
-            model,
-            resolution=self.plan.resolution,
-            mode=a.training.latents,
-            seed=a.training.seed,
-            keep=a.training.cache_latents != "off",
-            folder=cache_folder,
+            model, mode=a.training.latents, seed=a.training.seed, keep=a.training.cache_latents != "off", folder=cache_folder
         )
         if a.training.cache_latents != "off":
-            unique = list(dict.fromkeys(e.path for e in self.examples))
-            self.latents.fill(unique)
+            for path in dict.fromkeys(e.path for e in self.examples):
+                for flip in (False, True) if a.dataset.flip else (False,):
+                    self.latents.get(path, self.plan.sizes[path], flip)
         self._conditioning_cache: dict[str, dict[str, Any]] = {}
 
         self.optimizer = build_optimizer(a, self.unet_params, self.te_params, device_type)
@@ -218,8 +215,12 @@ class Trainer:
         model = self.model
         family = model.family
         clip_skip = self.answers.training.clip_skip
+        d = self.answers.dataset
         if self.answers.network.train_text_encoder:
             return family.encode(model, family.tokenize(model, captions), clip_skip)
+        if d.shuffle_tags or d.caption_dropout:  # too many variants to cache: encode each time, frozen
+            with torch.no_grad():
+                return family.encode(model, family.tokenize(model, captions), clip_skip)
         # Frozen text encoder: each caption is encoded once, on its own, so the values do not
         # depend on which captions shared a batch (a resumed run sees other batches first).
         with torch.no_grad():
@@ -237,7 +238,15 @@ class Trainer:
         a = self.answers
         model = self.model
         scheduler = model.noise_scheduler
-        latents = torch.stack([self.latents.get(e.path) for _, e in batch]).to(self.device)
+        d = a.dataset
+        seed = a.training.seed
+        flips = [flip_sample(seed=seed, index=i, enabled=d.flip) for i, _ in batch]
+        latents = [self.latents.get(e.path, self.plan.sizes[e.path], flip) for (_, e), flip in zip(batch, flips, strict=True)]
+        latents = torch.stack(latents).to(self.device)
+        captions = [
+            augment_caption(e.caption, seed=seed, index=i, shuffle=d.shuffle_tags, keep_tokens=d.keep_tokens, dropout=d.caption_dropout)
+            for i, e in batch
+        ]
         noise = torch.empty_like(latents, device="cpu")
         timesteps = torch.empty(len(batch), dtype=torch.long)
         for row, (index, _) in enumerate(batch):
@@ -253,7 +262,7 @@ class Trainer:
         target = noise if model.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
 
         with self.accelerator.autocast():
-            conditioning = self.conditioning([e.caption for _, e in batch])
+            conditioning = self.conditioning(captions)
             prediction = model.family.predict(model, noisy, timesteps, conditioning)
         loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         if a.training.min_snr_gamma:
@@ -264,12 +273,20 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------------
 
     def batches(self, epoch: int) -> list[list[tuple[int, Example]]]:
-        """One epoch's batches of (global sample index, example), in the seeded shuffled order."""
+        """One epoch's batches of (global sample index, example): the items in a seeded shuffled
+        order, split by bucket (each batch from one bucket), the batches shuffled again when there
+        are several buckets."""
         size = self.answers.training.batch_size
+        seed = self.answers.training.seed
         per_epoch = len(self.examples)
-        order = epoch_order(self.answers.training.seed, epoch, per_epoch)
-        indexed = [(epoch * per_epoch + position, self.examples[i]) for position, i in enumerate(order)]
-        return [indexed[i : i + size] for i in range(0, per_epoch, size)]
+        by_bucket: dict[tuple[int, int], list[tuple[int, Example]]] = {}
+        for position, i in enumerate(epoch_order(seed, epoch, per_epoch)):
+            example = self.examples[i]
+            by_bucket.setdefault(self.plan.sizes[example.path], []).append((epoch * per_epoch + position, example))
+        batches = [items[j : j + size] for _, items in sorted(by_bucket.items()) for j in range(0, len(items), size)]
+        if len(by_bucket) > 1:
+            batches = [batches[i] for i in epoch_order(seed, epoch, len(batches), what="batches")]
+        return batches
 
     def optimizer_steps(self, epoch: int) -> list[list[list[tuple[int, Example]]]]:
         """One epoch's optimizer steps, each a group of accumulated batches."""

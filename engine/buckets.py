@@ -1,0 +1,85 @@
+"""Aspect-ratio buckets, as kohya's `--enable_bucket`.
+
+Instead of cropping every image to a square, each image goes to the bucket whose aspect ratio is
+nearest its own: bucket sizes are multiples of `step` between `min_size` and `max_size` with an
+area of at most resolution x resolution. An image is scaled to cover its bucket and the centre is
+cropped, so the only cropping is the rounding to the bucket. Each batch comes from one bucket.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+Size = tuple[int, int]  # (width, height)
+
+
+def bucket_resolutions(resolution: int, min_size: int = 256, max_size: int = 1024, step: int = 64) -> list[Size]:
+    """kohya's make_bucket_resolutions: the square, then every width with the largest height that fits."""
+    max_area = resolution * resolution
+    square = int(math.sqrt(max_area) // step) * step
+    sizes = {(square, square)}
+    width = min_size
+    while width <= max_size:
+        height = min(max_size, int((max_area // width) // step) * step)
+        if height >= min_size:
+            sizes.add((width, height))
+            sizes.add((height, width))
+        width += step
+    return sorted(sizes)
+
+
+def image_size(path: Path) -> Size:
+    """Width and height as displayed (EXIF rotation applied), read from the header only."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        width, height = image.size
+        orientation = image.getexif().get(0x0112, 1)
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def nearest_bucket(size: Size, resolutions: list[Size]) -> Size:
+    aspect = size[0] / size[1]
+    return min(resolutions, key=lambda r: (abs(r[0] / r[1] - aspect), -r[0] * r[1]))
+
+
+def no_upscale_bucket(size: Size, resolution: int, step: int) -> Size:
+    """kohya's bucket_no_upscale for an image smaller than the training area: its own size,
+    rounded down to the step."""
+    width, height = size
+    return max(step, width // step * step), max(step, height // step * step)
+
+
+def assign_buckets(
+    paths: Iterable[Path],
+    resolution: int,
+    *,
+    enabled: bool,
+    min_size: int = 256,
+    max_size: int = 1024,
+    step: int = 64,
+    no_upscale: bool = False,
+) -> dict[Path, Size]:
+    """The training size of each image: its bucket, or the square resolution when buckets are off."""
+    paths = list(dict.fromkeys(paths))
+    if not enabled:
+        return {path: (resolution, resolution) for path in paths}
+    resolutions = bucket_resolutions(resolution, min_size, max(max_size, resolution), step)
+    buckets = {}
+    for path in paths:
+        size = image_size(path)
+        if no_upscale and size[0] * size[1] < resolution * resolution:
+            buckets[path] = no_upscale_bucket(size, resolution, step)
+        else:
+            buckets[path] = nearest_bucket(size, resolutions)
+    return buckets
+
+
+def batch_count(sizes: Iterable[Size], batch_size: int) -> int:
+    """Batches in an epoch when every batch comes from one bucket."""
+    counts: dict[Size, int] = {}
+    for size in sizes:
+        counts[size] = counts.get(size, 0) + 1
+    return sum(math.ceil(n / batch_size) for n in counts.values())
