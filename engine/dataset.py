@@ -220,13 +220,15 @@ def open_image(path: Path) -> Image.Image:
                 image = ImageOps.exif_transpose(opened)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DatasetError("the image is too large to decode safely (decompression bomb)", where=path, fix="resize it below 89 megapixels") from None
+    except PermissionError as exc:
+        raise DatasetError(f"cannot read the image: {exc.strerror}", where=path, fix="give yourself read permission, or remove the file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(f"the image cannot be decoded ({exc})", where=path, fix="re-export the image or remove it") from None
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")  # already a copy: no second one
 
 
 def resize_and_crop(image: Image.Image, width: int, height: int) -> Image.Image:

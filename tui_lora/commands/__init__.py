@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 # The order here is the order of `lora-wizard --help`.
-COMMAND_MODULES = ["check", "train", "resume", "attach", "runs", "control", "demo"]
+COMMAND_MODULES = ["check", "dataset", "train", "resume", "attach", "runs", "control", "demo"]
 
 
 def register_all(subparsers) -> None:
