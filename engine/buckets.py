@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 Size = tuple[int, int]  # (width, height)
@@ -52,29 +53,31 @@ def no_upscale_bucket(size: Size, resolution: int, step: int) -> Size:
     return max(step, width // step * step), max(step, height // step * step)
 
 
-def assign_buckets(
-    paths: Iterable[Path],
-    resolution: int,
-    *,
-    enabled: bool,
-    min_size: int = 256,
-    max_size: int = 1024,
-    step: int = 64,
-    no_upscale: bool = False,
-) -> dict[Path, Size]:
-    """The training size of each image: its bucket, or the square resolution when buckets are off."""
+@dataclass(frozen=True)
+class BucketSettings:
+    """The `[dataset]` bucket keys of the answers file."""
+
+    enabled: bool = False
+    min_size: int = 256
+    max_size: int = 1024
+    step: int = 64
+    no_upscale: bool = False
+
+    def bucket_of(self, size: Size, resolution: int) -> Size:
+        """The training size of an image of `size`: its bucket, or the square when buckets are off."""
+        if not self.enabled:
+            return resolution, resolution
+        if self.no_upscale and size[0] * size[1] < resolution * resolution:
+            return no_upscale_bucket(size, resolution, self.step)
+        return nearest_bucket(size, bucket_resolutions(resolution, self.min_size, max(self.max_size, resolution), self.step))
+
+
+def assign_buckets(paths: Iterable[Path], resolution: int, settings: BucketSettings) -> dict[Path, Size]:
+    """The training size of each image (its header is read only when buckets are on)."""
     paths = list(dict.fromkeys(paths))
-    if not enabled:
+    if not settings.enabled:
         return {path: (resolution, resolution) for path in paths}
-    resolutions = bucket_resolutions(resolution, min_size, max(max_size, resolution), step)
-    buckets = {}
-    for path in paths:
-        size = image_size(path)
-        if no_upscale and size[0] * size[1] < resolution * resolution:
-            buckets[path] = no_upscale_bucket(size, resolution, step)
-        else:
-            buckets[path] = nearest_bucket(size, resolutions)
-    return buckets
+    return {path: settings.bucket_of(image_size(path), resolution) for path in paths}
 
 
 def batch_count(sizes: Iterable[Size], batch_size: int) -> int:

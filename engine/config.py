@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.buckets import BucketSettings
 from engine.errors import AnswersError
 from engine.files import atomic_write_text
 
@@ -80,6 +81,10 @@ class DatasetSection(_Section):
         if value is not None and value % 8:
             raise ValueError("must be a multiple of 8 (e.g. 512)")
         return value
+
+    @property
+    def bucket_settings(self) -> BucketSettings:
+        return BucketSettings(self.buckets, self.min_bucket, self.max_bucket, self.bucket_step, self.bucket_no_upscale)
 
     @model_validator(mode="after")
     def _bucket_range(self) -> DatasetSection:

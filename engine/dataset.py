@@ -85,20 +85,27 @@ def read_caption(image: Path, extension: str, default: str) -> str:
     return first_line
 
 
+def _list(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as exc:
+        raise DatasetError(f"cannot list this folder: {exc.strerror}", where=folder, fix="check its permissions") from None
+
+
 def scan_root(root: Path, *, is_reg: bool, caption_extension: str = ".txt") -> list[Concept]:
     """The concept folders under a training or regularization root."""
     kind = "regularization" if is_reg else "training"
     example = "1_bear" if is_reg else EXAMPLE_FOLDER_NAME
     if not root.is_dir():
         raise DatasetError(f"the {kind} folder does not exist", where=root, fix="check the path")
-    if parse_concept_name(root.name) and any(is_image(p) for p in root.iterdir()):
+    if parse_concept_name(root.name) and any(is_image(p) for p in _list(root)):
         raise DatasetError(
             f"this is a concept folder, not the {kind} root",
             where=root,
             fix=f"give the parent folder ({root.parent}), which holds folders like `{example}`",
         )
     concepts = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in _list(root) if p.is_dir()):
         parsed = parse_concept_name(folder.name)
         if parsed is None:
             raise DatasetError(
@@ -109,7 +116,7 @@ def scan_root(root: Path, *, is_reg: bool, caption_extension: str = ".txt") -> l
         repeats, prompt = parsed
         if repeats < 1:
             raise DatasetError(f"folder `{folder.name}` has 0 repeats", where=folder, fix=f"use 1 or more, e.g. `{example}`")
-        images = sorted(p for p in folder.iterdir() if is_image(p))
+        images = sorted(p for p in _list(folder) if is_image(p))
         if not images:
             raise DatasetError(
                 "this concept folder holds no images",

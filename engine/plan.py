@@ -100,16 +100,8 @@ class TrainingPlan:
 def plan_training(answers: Answers, *, family_label: str = "SD 1.x", default_resolution: int = 512) -> TrainingPlan:
     dataset = plan_dataset(answers.dataset.train_dir, answers.dataset.reg_dir, caption_extension=answers.dataset.caption_extension)
     resolution = answers.dataset.resolution or default_resolution
-    d = answers.dataset
-    sizes = assign_buckets(
-        (e.path for e in (*dataset.train_examples, *dataset.reg_examples)),
-        resolution,
-        enabled=d.buckets,
-        min_size=d.min_bucket,
-        max_size=d.max_bucket,
-        step=d.bucket_step,
-        no_upscale=d.bucket_no_upscale,
-    )
+    images = (e.path for e in (*dataset.train_examples, *dataset.reg_examples))
+    sizes = assign_buckets(images, resolution, answers.dataset.bucket_settings)
     return TrainingPlan(answers=answers, dataset=dataset, resolution=resolution, family_label=family_label, sizes=sizes)
 
 

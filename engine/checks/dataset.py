@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from engine.buckets import BucketSettings
 from engine.dataset import (
     EXAMPLE_FOLDER_NAME,
     IMAGE_EXTENSIONS,
@@ -117,9 +118,8 @@ class ConceptReport:
 class DatasetReport:
     """What `check_dataset` found.
 
-    Aspect-ratio buckets (kohya's enable_bucket) belong here once bucketing lands: computed in
-    `check_dataset` from each concept's `sizes` (no second decode), reported as a `buckets` field,
-    a key of `to_dict` and a section of the command's printout (tui_lora/commands/dataset.py).
+    `buckets` maps each training size ("768x512") to the items per epoch trained at it, from the
+    sizes the one decode gave (kohya's enable_bucket; one square size when buckets are off).
     """
 
     train_dir: Path
@@ -131,6 +131,7 @@ class DatasetReport:
     problems: tuple[Problem, ...]  # errors first
     images_decoded: int
     tokenizer_checked: bool
+    buckets: dict[str, int] = field(default_factory=dict)
 
     @property
     def train_concepts(self) -> list[ConceptReport]:
@@ -185,6 +186,7 @@ class DatasetReport:
             "batch_size": self.batch_size,
             "tokenizer_checked": self.tokenizer_checked,
             "images_decoded": self.images_decoded,
+            "buckets": self.buckets,
             "concepts": [_concept_dict(c) for c in self.concepts],
             "per_epoch": {
                 "train_items": self.train_items_per_epoch,
@@ -225,6 +227,7 @@ def check_dataset(
     resolution: int = 512,
     tokenizer: Any = None,
     batch_size: int = 1,
+    buckets: BucketSettings | None = None,
 ) -> DatasetReport:
     """Every problem of the dataset, never raising for one: a missing folder, a broken image or a
     bad name is a `Problem` in the report. `tokenizer` (a transformers CLIP tokenizer) adds the
@@ -252,11 +255,24 @@ def check_dataset(
         caption_extension=caption_extension,
         resolution=resolution,
         batch_size=batch_size,
-        concepts=tuple(_concept_reports(train, reg, batch_size)),
+        concepts=(concepts := tuple(_concept_reports(train, reg, batch_size))),
         problems=_ordered(problems),
         images_decoded=walk.decodes,
         tokenizer_checked=tokenizer is not None,
+        buckets=_bucket_counts(concepts, resolution, buckets or BucketSettings()),
     )
+
+
+def _bucket_counts(concepts: tuple[ConceptReport, ...], resolution: int, settings: BucketSettings) -> dict[str, int]:
+    """Items per epoch at each training size. Regularization images count once each, as an
+    approximation of kohya's matching (exact counts are in the training plan)."""
+    counts: dict[tuple[int, int], int] = {}
+    for concept in concepts:
+        per_image = 1 if concept.is_reg else concept.repeats
+        for size in concept.sizes:
+            bucket = settings.bucket_of(size, resolution)
+            counts[bucket] = counts.get(bucket, 0) + per_image
+    return {f"{w}x{h}": n for (w, h), n in sorted(counts.items())}
 
 
 def _ordered(problems: Iterable[Problem]) -> tuple[Problem, ...]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from engine.buckets import assign_buckets, batch_count, bucket_resolutions, image_size
+from engine.buckets import BucketSettings, assign_buckets, batch_count, bucket_resolutions, image_size
 from engine.captions import augment_caption, flip_sample
 from engine.config import load_answers
 from engine.dataset import open_image, resize_and_crop
@@ -34,7 +34,8 @@ def test_exif_rotation_counts_for_the_bucket(tmp_path):
 def test_small_images_are_not_upscaled_when_asked(tmp_path):
     path = tmp_path / "small.png"
     Image.new("RGB", (100, 70)).save(path)
-    assert assign_buckets([path], 128, enabled=True, min_size=64, max_size=256, step=32, no_upscale=True) == {path: (96, 64)}
+    settings = BucketSettings(enabled=True, min_size=64, max_size=256, step=32, no_upscale=True)
+    assert assign_buckets([path], 128, settings) == {path: (96, 64)}
 
 
 def test_batch_count_is_per_bucket():
@@ -101,3 +102,14 @@ def test_caption_dropout_and_flip_rates():
     flipped = sum(flip_sample(seed=0, index=i, enabled=True) for i in range(2000))
     assert 900 < flipped < 1100
     assert not any(flip_sample(seed=0, index=i, enabled=False) for i in range(100))
+
+
+def test_dataset_check_reports_the_buckets_from_its_one_decode(tmp_path):
+    from engine.checks.dataset import check_dataset
+
+    train_dir = make_mixed_dataset(tmp_path)
+    settings = BucketSettings(enabled=True, min_size=64, max_size=256, step=32)
+    report = check_dataset(train_dir, resolution=128, buckets=settings)
+    assert report.buckets == {"96x160": 15, "160x96": 15}
+    assert report.to_dict()["buckets"] == report.buckets
+    assert check_dataset(train_dir, resolution=128).buckets == {"128x128": 30}

@@ -50,7 +50,7 @@ def test_epoch_files_disk_latent_cache_and_frozen_text_encoder(tmp_path, tiny_mo
     from safetensors import safe_open
 
     with safe_open(result.lora_path, "pt") as lora:
-        assert not any(k.startswith("lora_te_") for k in lora.keys())  # UNet only
+        assert not any(k.startswith("lora_te_") for k in lora.keys())  # noqa: SIM118  UNet only
     # A second run reads the latents from disk and trains to the same result.
     again_path = write_answers(tmp_path / "again", tiny_model_dir, tiny_dataset[0], network={"train_text_encoder": False},
                                training={"max_steps": 20, "batch_size": 4, "cache_latents": "memory"})

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.buckets import BucketSettings
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -55,6 +57,7 @@ def register(subparsers) -> None:
     check.add_argument("--model", type=Path, metavar="BASE", help="base model: also check the instance token with its tokenizer")
     check.add_argument("--caption-extension", metavar=".EXT", help="extension of caption files (default .txt)")
     check.add_argument("--batch-size", type=int, metavar="N", help="for the steps per epoch (default 1)")
+    check.add_argument("--buckets", action="store_true", help="report aspect-ratio buckets (kohya's defaults: 256-1024, step 64)")
     check.add_argument("--json", action="store_true", help="print the report as one JSON document")
     check.set_defaults(handler=run_check)
 
@@ -82,6 +85,7 @@ class CheckSettings:
     batch_size: int = 1
     model: Path | None = None
     tokenizer_dir: Path | None = None
+    buckets: BucketSettings | None = None
 
 
 def check_settings(args: argparse.Namespace) -> CheckSettings:
@@ -100,6 +104,7 @@ def check_settings(args: argparse.Namespace) -> CheckSettings:
             batch_size=answers.training.batch_size,
             model=answers.model.path,
             tokenizer_dir=answers.model.tokenizer,
+            buckets=answers.dataset.bucket_settings,
         )
     else:
         settings = CheckSettings(train_dir=source)
@@ -119,6 +124,8 @@ def check_settings(args: argparse.Namespace) -> CheckSettings:
         settings.batch_size = args.batch_size
     if args.model is not None:
         settings.model, settings.tokenizer_dir = args.model, None
+    if args.buckets:
+        settings.buckets = BucketSettings(enabled=True)
     return settings
 
 
@@ -144,6 +151,7 @@ def run_check(args: argparse.Namespace) -> int:
         resolution=settings.resolution or model_resolution or 512,
         tokenizer=tokenizer,
         batch_size=settings.batch_size,
+        buckets=settings.buckets,
     )
     if model_problem is not None:
         report = report.with_problems(model_problem)
@@ -174,7 +182,8 @@ def print_report(report: DatasetReport, console: Console | None = None) -> None:
             f"\nPer epoch: {report.train_items_per_epoch} training{reg_items} items = "
             f"{report.steps_per_epoch} steps at batch size {report.batch_size}"
         )
-    # Aspect-ratio buckets go here once the report carries them (see DatasetReport).
+    if report.buckets:
+        console.print(f"Training sizes (items per epoch): {', '.join(f'{size}: {n}' for size, n in report.buckets.items())}")
     if not report.tokenizer_checked:
         console.print("[dim]Instance token not checked against a tokenizer: give --model BASE for that.[/]")
     if report.problems:
