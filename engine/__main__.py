@@ -1,12 +1,15 @@
 """`python -m engine run RUN_DIR [--resume]`: the engine process of a prepared run folder.
 
-This is what a detached run executes: it takes the run's lock first (so the run shows as running
-from its first second), then trains, writing only to the run folder.
+This is what a detached run executes, and what torchrun starts once per process for a
+data-parallel run. The main process takes the run's lock first (so the run shows as running from
+its first second) and alone writes events and outputs; the others only train.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -20,23 +23,46 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("run_dir", type=Path)
     run.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
     args = parser.parse_args(argv)
+    if int(os.environ.get("RANK", "0")) == 0:
+        return run_main_process(args.run_dir, resume=args.resume)
+    return run_other_process(args.run_dir, resume=args.resume)
 
+
+def run_main_process(run_dir: Path, *, resume: bool) -> int:
     from engine.events import EventLog
     from engine.plan import prepare_plan
     from engine.runs import RunLock, execute_run, load_run_answers
 
     try:
-        with RunLock(args.run_dir):
+        with RunLock(run_dir):
             try:
-                plan = prepare_plan(load_run_answers(args.run_dir), for_resume=args.resume)
+                plan = prepare_plan(load_run_answers(run_dir), for_resume=resume)
             except UserError as exc:
-                with EventLog(args.run_dir / "events.jsonl") as events:
+                with EventLog(run_dir / "events.jsonl") as events:
                     events.emit("failed", message=exc.render(), remedy=exc.fix or "")
                 raise
-            return execute_run(plan, args.run_dir, resume=args.resume)
+            return execute_run(plan, run_dir, resume=resume)
     except UserError as exc:
         print(f"error: {exc.render()}", file=sys.stderr)
         return exc.exit_code
+
+
+def run_other_process(run_dir: Path, *, resume: bool) -> int:
+    """A data-parallel helper process: trains its share, writes nothing but its RNG state."""
+    from engine.events import EventLog
+    from engine.plan import prepare_plan
+    from engine.runs import load_run_answers
+    from engine.train import Interrupted, TrainingFailed, train
+
+    # Signals reach every process; the main one decides when to stop and tells the others.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    plan = prepare_plan(load_run_answers(run_dir), for_resume=True)
+    try:
+        train(plan, EventLog(None), run_dir=run_dir, resume=resume)
+    except (Interrupted, TrainingFailed):
+        return 0  # the main process records why
+    return 0
 
 
 if __name__ == "__main__":

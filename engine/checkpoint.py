@@ -2,7 +2,8 @@
 
     <run>/checkpoints/step-000120/
       lora.safetensors   the trainable LoRA weights, by parameter name
-      state.pt           optimizer, LR scheduler, gradient scaler, every RNG state
+      state.pt           optimizer, LR scheduler, gradient scaler
+      rng-rank0.pt       every RNG state of process 0 (one file per process)
       meta.json          step, epoch, position in the epoch, the dataset's fingerprint
 
 A checkpoint is written into `step-000120.tmp/`, every file fsynced, then the folder is renamed:
@@ -99,40 +100,49 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def write_checkpoint(
-    run_dir: Path,
-    position: Position,
-    *,
-    lora: dict[str, Any],
-    training_state: dict[str, Any],
-    fingerprint: dict[str, Any],
-    keep_last: int,
-    before_commit=None,
+def staging_dir(run_dir: Path, position: Position) -> Path:
+    return run_dir / CHECKPOINTS / f"step-{position.step:09d}.tmp"
+
+
+def stage_checkpoint(
+    run_dir: Path, position: Position, *, lora: dict[str, Any], training_state: dict[str, Any], fingerprint: dict[str, Any]
 ) -> Path:
-    """Write a checkpoint atomically and prune old ones beyond `keep_last`."""
+    """Write the shared part of a checkpoint (main process) into its staging folder."""
     import torch
     from safetensors.torch import save_file
 
-    folder = run_dir / CHECKPOINTS
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step-{position.step:09d}"
-    staging = folder / f"{final.name}.tmp"
+    staging = staging_dir(run_dir, position)
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    staging.mkdir(parents=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in lora.items()}, staging / "lora.safetensors")
     torch.save(training_state, staging / "state.pt")
     meta = {"position": asdict(position), "fingerprint": fingerprint}
     atomic_write_bytes(staging / "meta.json", json.dumps(meta).encode("utf-8"))
     for name in ("lora.safetensors", "state.pt"):
         _fsync_file(staging / name)
+    return staging
+
+
+def write_rank_rng(staging: Path, rank: int) -> None:
+    """Every process keeps its own RNG state: one file per rank."""
+    import torch
+
+    path = staging / f"rng-rank{rank}.pt"
+    torch.save(rng_states(), path)
+    _fsync_file(path)
+
+
+def commit_checkpoint(staging: Path, *, keep_last: int, before_commit=None) -> Path:
+    """The rename that makes a staged checkpoint the newest; older ones beyond `keep_last` go."""
     fsync_dir(staging)
     if before_commit is not None:  # a test hook: pause here to kill the writer mid-checkpoint
         before_commit(staging)
+    final = staging.with_name(staging.name.removesuffix(".tmp"))
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)
-    fsync_dir(folder)
-    for old in checkpoint_dirs(run_dir)[keep_last:]:
+    fsync_dir(final.parent)
+    for old in checkpoint_dirs(final.parent.parent)[keep_last:]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -144,6 +154,12 @@ class LoadedCheckpoint:
     lora: dict[str, Any]
     training_state: dict[str, Any]
     fingerprint: dict[str, Any]
+    ranks: int  # how many processes trained it (one RNG file each)
+
+    def rng_of(self, rank: int) -> dict[str, Any]:
+        import torch
+
+        return torch.load(self.path / f"rng-rank{rank}.pt", map_location="cpu", weights_only=True)
 
 
 def read_checkpoint(path: Path) -> LoadedCheckpoint:
@@ -155,9 +171,14 @@ def read_checkpoint(path: Path) -> LoadedCheckpoint:
         meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
         lora = load_file(path / "lora.safetensors")
         state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        ranks = len(list(path.glob("rng-rank*.pt")))
+        for rank in range(ranks):
+            torch.load(path / f"rng-rank{rank}.pt", map_location="cpu", weights_only=True)
+        if ranks == 0:
+            raise FileNotFoundError("no rng-rank0.pt")
     except Exception as exc:  # any unreadable part makes the whole checkpoint unusable
         raise ValueError(f"{type(exc).__name__}: {exc}") from None
-    return LoadedCheckpoint(path, Position(**meta["position"]), lora, state, meta["fingerprint"])
+    return LoadedCheckpoint(path, Position(**meta["position"]), lora, state, meta["fingerprint"], ranks)
 
 
 def newest_fingerprint(run_dir: Path) -> dict[str, Any] | None:

@@ -109,6 +109,7 @@ class TrainingSection(_Section):
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps instead")
     batch_size: int = Field(1, ge=1, le=1024, description="Images per step (1 when VRAM is under 10 GB)")
     gradient_accumulation: int = Field(1, ge=1, le=1024, description="Batches per optimizer step")
+    processes: int = Field(1, ge=1, le=1024, description="Data-parallel processes (GPUs); batch_size is per process")
     unet_lr: float = Field(1e-4, gt=0, le=1.0, description="Learning rate of the UNet LoRA")
     text_encoder_lr: float = Field(5e-5, gt=0, le=1.0, description="Learning rate of the text-encoder LoRA")
     lr_scheduler: Literal["constant", "cosine", "linear"] = Field("constant", description="LR schedule")

@@ -1,7 +1,7 @@
 """The training plan: kohya's step arithmetic and the settings in force, known before torch loads.
 
     items per epoch   = training images x repeats  (+ the same number of regularization images)
-    batches per epoch = ceil(items per epoch / batch size)
+    batches per epoch = ceil(items per epoch / (batch size x processes)), per bucket
     steps per epoch   = ceil(batches per epoch / gradient accumulation)
     total steps       = steps per epoch x epochs   (or [training] max_steps)
 """
@@ -29,7 +29,12 @@ class TrainingPlan:
     def batches_per_epoch(self) -> int:
         """Every batch comes from one bucket, so each bucket's last batch may be short."""
         sizes = [self.sizes[e.path] for e in self.dataset.epoch_examples()]
-        return batch_count(sizes, self.answers.training.batch_size)
+        return batch_count(sizes, self.global_batch)
+
+    @property
+    def global_batch(self) -> int:
+        """Images per batch over all processes (kohya: batch size x processes)."""
+        return self.answers.training.batch_size * self.answers.training.processes
 
     def bucket_counts(self) -> dict[Size, int]:
         counts: dict[Size, int] = {}
@@ -62,12 +67,11 @@ class TrainingPlan:
             reg_images = len(self.dataset.reg_examples)
             lines.append(f"regularization items per epoch: {self.dataset.num_reg_items} (from {reg_images} images, repeated or cut to match)")
         buckets = self.bucket_counts()
+        batch = f"batch size {training.batch_size}" + (f" x {training.processes} processes" if training.processes > 1 else "")
         if len(buckets) == 1:
-            lines.append(
-                f"batches per epoch: ceil({self.dataset.items_per_epoch} / batch size {training.batch_size}) = {self.batches_per_epoch}"
-            )
+            lines.append(f"batches per epoch: ceil({self.dataset.items_per_epoch} / {batch}) = {self.batches_per_epoch}")
         else:
-            parts = " + ".join(f"ceil({n}/{training.batch_size})" for n in buckets.values())
+            parts = " + ".join(f"ceil({n}/{self.global_batch})" for n in buckets.values())
             lines.append(f"buckets: {', '.join(f'{w}x{h}: {n}' for (w, h), n in buckets.items())}")
             lines.append(f"batches per epoch (one bucket per batch): {parts} = {self.batches_per_epoch}")
         if training.gradient_accumulation > 1:

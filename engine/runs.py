@@ -236,14 +236,28 @@ def execute_run(plan: TrainingPlan, folder: Path, listeners: list[Listener] | No
     return 0
 
 
-def spawn_detached(folder: Path, *, resume: bool = False, wait_seconds: float = 60.0) -> int:
+def engine_command(folder: Path, *, resume: bool = False, processes: int = 1, launcher_args: list[str] | None = None) -> list[str]:
+    """The command that runs the engine on a run folder: one process, or torchrun starting one
+    per GPU (`launcher_args` passes torchrun's multi-node options: --nnodes, --node-rank,
+    --rdzv-endpoint ...)."""
+    import sys
+
+    engine = ["-m", "engine", "run", str(folder)] + (["--resume"] if resume else [])
+    if processes == 1 and not launcher_args:
+        return [sys.executable, *engine]
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes}"]
+    launcher += launcher_args or ["--standalone"]
+    return [*launcher, *engine]
+
+
+def spawn_detached(folder: Path, *, resume: bool = False, processes: int = 1, launcher_args: list[str] | None = None,
+                   wait_seconds: float = 60.0) -> int:
     """Start the engine on `folder` as its own process, outside this terminal's session, so that
     closing the terminal or dropping SSH does not stop it. Returns its pid once it holds the lock."""
     import subprocess
-    import sys
     import time
 
-    command = [sys.executable, "-m", "engine", "run", str(folder)] + (["--resume"] if resume else [])
+    command = engine_command(folder, resume=resume, processes=processes, launcher_args=launcher_args)
     log = (folder / "engine.log").open("ab")
     options: dict = {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": subprocess.STDOUT, "close_fds": True}
     if os.name == "nt":  # pragma: no cover - Windows: no console, own process group
@@ -261,3 +275,41 @@ def spawn_detached(folder: Path, *, resume: bool = False, wait_seconds: float = 
             raise UserError(f"the engine stopped at once:\n{tail}", where=folder)
         time.sleep(0.05)
     return process.pid
+
+
+def run_launched(folder: Path, listeners: list[Listener], *, resume: bool = False, processes: int = 1,
+                 launcher_args: list[str] | None = None) -> int:
+    """Run the engine as child processes (torchrun) and relay the run's events to `listeners`
+    until they end. Returns the exit status the run's last event calls for."""
+    import subprocess
+    import time
+
+    from engine.events import follow_events
+
+    command = engine_command(folder, resume=resume, processes=processes, launcher_args=launcher_args)
+    log = (folder / "engine.log").open("ab")
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    seen = len(list(read_events(folder / "events.jsonl")))  # events of earlier attempts
+    try:
+        for index, event in enumerate(follow_events(folder / "events.jsonl", keep_going=lambda: child.poll() is None)):
+            if index >= seen:
+                for listener in listeners:
+                    listener(event)
+    except KeyboardInterrupt:  # Ctrl-C reached the engine processes too: wait for their checkpoint
+        while child.poll() is None:
+            time.sleep(0.2)
+    child.wait()
+    status = run_status(folder)
+    if status.state == "finished":
+        return 0
+    if status.state == "interrupted":
+        return EXIT_INTERRUPTED.get((status.last_event or {}).get("reason", ""), 130)
+    if status.state != "failed":  # a process died without a word: record it, with its last words
+        log_tail = (folder / "engine.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
+        with EventLog(folder / "events.jsonl") as events:
+            event = events.emit("failed", message=f"the engine processes exited with status {child.returncode}: " + " | ".join(log_tail),
+                                remedy=f"see {folder / 'engine.log'}", resume=f"lora-wizard resume {folder}")
+        for listener in listeners:
+            listener(event)
+    return 1

@@ -22,11 +22,13 @@ from engine.checkpoint import (
     LoadedCheckpoint,
     Position,
     check_same_dataset,
+    commit_checkpoint,
     dataset_fingerprint,
     newest_valid_checkpoint,
     restore_rng_states,
-    rng_states,
-    write_checkpoint,
+    stage_checkpoint,
+    staging_dir,
+    write_rank_rng,
 )
 from engine.config import Answers
 from engine.dataset import Example
@@ -38,6 +40,7 @@ from engine.seeds import derive_seed, epoch_order, generator
 if TYPE_CHECKING:
     import torch
 
+    from engine.families import LoadedModel
 
 
 class TrainingFailed(Exception):
@@ -130,7 +133,7 @@ class Controls:
 class Trainer:
     """Holds what the loop needs; `run()` is the loop."""
 
-    before_checkpoint_commit = None  # a test hook (see engine.checkpoint.write_checkpoint)
+    before_checkpoint_commit = None  # a test hook (see engine.checkpoint.commit_checkpoint)
 
     def __init__(self, plan: TrainingPlan, events: EventLog, *, run_dir: Path | None = None, controls: Controls | None = None):
         self.plan = plan
@@ -141,6 +144,7 @@ class Trainer:
         self.fingerprint = dataset_fingerprint(plan.dataset)
         self.started_at = time.time()
         self.resumed = False
+        self.rank, self.world, self.is_main = 0, plan.answers.training.processes, True
         self.examples: list[Example] = plan.dataset.epoch_examples()
         self.session_id = str(random.randint(0, 2**32 - 1))  # kohya's ss_session_id
 
@@ -155,12 +159,20 @@ class Trainer:
         from engine.lora import add_lora, load_lora_file_into, lora_parameters
 
         a = self.answers
-        probe = Accelerator(cpu=not torch.cuda.is_available() and not torch.backends.mps.is_available())
-        device_type = probe.device.type
+        device_type = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
         bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()
         self.precision = resolve_precision(a.training.mixed_precision, device_type, bf16)
+        # Under torchrun, accelerate joins the process group (NCCL on GPUs, gloo on CPUs).
         self.accelerator = Accelerator(mixed_precision=self.precision, cpu=device_type == "cpu")
         self.device = self.accelerator.device
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+        if self.world != a.training.processes:
+            raise UserError(
+                f"`training.processes = {a.training.processes}` but {self.world} processes were started",
+                fix="start it with `lora-wizard train` (it launches the processes), or set processes to match",
+            )
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
@@ -230,6 +242,14 @@ class Trainer:
         parts = [self._conditioning_cache[c] for c in captions]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
+    def local_loss(self, batch: list[tuple[int, Example]]) -> torch.Tensor:
+        """This process's share of the loss of a global batch, scaled so that the average over
+        processes (which data-parallel training takes of the gradients) is the batch's mean loss."""
+        share = batch[self.rank :: self.world]
+        if not share:  # a short last batch: still take part in the gradient exchange, with weight 0
+            return self.batch_loss(batch[:1]) * 0.0
+        return self.batch_loss(share) * (len(share) * self.world / len(batch))
+
     def batch_loss(self, batch: list[tuple[int, Example]]) -> torch.Tensor:
         """Weighted denoising loss of a batch of (global sample index, example)."""
         import torch
@@ -276,7 +296,7 @@ class Trainer:
         """One epoch's batches of (global sample index, example): the items in a seeded shuffled
         order, split by bucket (each batch from one bucket), the batches shuffled again when there
         are several buckets."""
-        size = self.answers.training.batch_size
+        size = self.answers.training.batch_size * self.world  # the global batch, split across processes
         seed = self.answers.training.seed
         per_epoch = len(self.examples)
         by_bucket: dict[tuple[int, int], list[tuple[int, Example]]] = {}
@@ -315,7 +335,7 @@ class Trainer:
                     self.report(pending)
                     pending = []
                 position = Position(step, epoch, index + 1) if index + 1 < len(groups) else Position(step, epoch + 1, 0)
-                request = self.controls.poll()
+                request = self.poll_controls()
                 every = a.checkpoints.every_steps
                 if request or (every and step % every == 0 and index + 1 < len(groups)):
                     self.report(pending)
@@ -337,6 +357,7 @@ class Trainer:
                 break
         final_epoch = min(plan.epochs, math.ceil(step / plan.steps_per_epoch))
         path = self.save(a.lora_path, step=step, epoch=final_epoch)
+        self.accelerator.wait_for_everyone()
         return TrainResult(lora_path=path, steps=step, epochs=final_epoch)
 
     def optimizer_step(self, group: list[list[tuple[int, Example]]]) -> None:
@@ -347,7 +368,7 @@ class Trainer:
             last = i == len(group) - 1
             sync = nullcontext() if last or self.accelerator.num_processes == 1 else self.accelerator.no_sync(self.model.unet)
             with sync:
-                loss = self.batch_loss(batch) / len(group)
+                loss = self.local_loss(batch) / len(group)
                 self.accelerator.backward(loss)
             group_loss = group_loss + loss.detach()
         if a.training.max_grad_norm:
@@ -363,7 +384,10 @@ class Trainer:
 
         if not pending:
             return
-        values = torch.stack([loss for _, _, loss, _ in pending]).float().cpu().tolist()
+        stacked = torch.stack([loss for _, _, loss, _ in pending]).float()
+        if self.world > 1:
+            stacked = self.accelerator.reduce(stacked, reduction="mean")
+        values = stacked.cpu().tolist()
         for (step, epoch, _, lr), value in zip(pending, values, strict=True):
             if not math.isfinite(value):
                 raise TrainingFailed(
@@ -373,6 +397,13 @@ class Trainer:
             self.events.emit("step", step=step, total_steps=self.plan.total_steps, epoch=epoch, loss=value, lr=lr)
 
     # --- checkpoints -------------------------------------------------------------------------
+
+    def unwrapped_model(self) -> LoadedModel:
+        """The model with accelerate's wrappers (data-parallel, mixed precision) taken off."""
+        from dataclasses import replace
+
+        unwrap = self.accelerator.unwrap_model
+        return replace(self.model, unet=unwrap(self.model.unet), text_encoders=[unwrap(e) for e in self.model.text_encoders])
 
     def trainable_state(self) -> dict[str, Any]:
         """The LoRA weights by parameter name (unet.* / te0.*)."""
@@ -384,26 +415,35 @@ class Trainer:
         return named
 
     def checkpoint(self, position: Position) -> Path | None:
+        """Main process writes the shared state, every process its RNG file, then main commits."""
         if self.run_dir is None:
             return None
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict(),
-            "rng": rng_states(),
-        }
-        if self.accelerator.scaler is not None:
-            state["scaler"] = self.accelerator.scaler.state_dict()
-        path = write_checkpoint(
-            self.run_dir,
-            position,
-            lora=self.trainable_state(),
-            training_state=state,
-            fingerprint=self.fingerprint,
-            keep_last=self.answers.checkpoints.keep_last,
-            before_commit=self.before_checkpoint_commit,
-        )
+        if self.is_main:
+            state = {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()}
+            if self.accelerator.scaler is not None:
+                state["scaler"] = self.accelerator.scaler.state_dict()
+            stage_checkpoint(self.run_dir, position, lora=self.trainable_state(), training_state=state, fingerprint=self.fingerprint)
+        self.accelerator.wait_for_everyone()
+        staging = staging_dir(self.run_dir, position)
+        write_rank_rng(staging, self.rank)
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:
+            return None
+        path = commit_checkpoint(staging, keep_last=self.answers.checkpoints.keep_last, before_commit=self.before_checkpoint_commit)
         self.events.emit("checkpoint", path=str(path), step=position.step, epoch=position.epoch)
         return path
+
+    def poll_controls(self) -> str | None:
+        """The main process reads the requests; with several processes it tells the others, so
+        that all stop or checkpoint at the same step."""
+        request = self.controls.poll() if self.is_main else None
+        if self.world == 1:
+            return request
+        from accelerate.utils import broadcast_object_list
+
+        shared = broadcast_object_list([request, self.controls.reason], from_process=0)
+        self.controls.reason = shared[1]
+        return shared[0]
 
     def restore(self, checkpoint: LoadedCheckpoint) -> None:
         import torch
@@ -424,7 +464,13 @@ class Trainer:
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if "scaler" in state and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
-        restore_rng_states(state["rng"])
+        if checkpoint.ranks != self.world:
+            raise UserError(
+                f"this checkpoint was written by {checkpoint.ranks} processes; this run has {self.world}",
+                where=checkpoint.path,
+                fix=f"resume with `[training] processes = {checkpoint.ranks}`",
+            )
+        restore_rng_states(checkpoint.rng_of(self.rank))
 
     # --- output ------------------------------------------------------------------------------
 
@@ -434,6 +480,8 @@ class Trainer:
         from engine.lora import kohya_metadata, kohya_state_dict, save_lora_file
 
         a = self.answers
+        if not self.is_main:
+            return path
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.output.dtype]
         plan = self.plan
         finished = path == a.lora_path
@@ -453,7 +501,7 @@ class Trainer:
             "session_id": self.session_id,
             "mixed_precision": self.precision,
         }
-        tensors = kohya_state_dict(self.model, dtype=dtype)
+        tensors = kohya_state_dict(self.unwrapped_model(), dtype=dtype)
         metadata = kohya_metadata(model=self.model, answers=a, stats=stats)
         overwrite = a.output.overwrite if overwrite is None else overwrite
         saved = save_lora_file(path, tensors, metadata, overwrite=overwrite)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 # The order here is the order of `lora-wizard --help`.
-COMMAND_MODULES = ["check", "dataset", "train", "resume", "attach", "runs", "control", "demo"]
+COMMAND_MODULES = ["check", "dataset", "reg", "train", "resume", "attach", "runs", "control", "generate", "demo"]
 
 
 def register_all(subparsers) -> None:

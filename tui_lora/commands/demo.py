@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from engine.config import load_answers
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("demo", help="build a tiny offline demo (model, dataset, answers) and train it")
+    parser = subparsers.add_parser("demo", help="build a tiny offline demo (model, dataset, answers) and open the wizard on it")
     parser.add_argument("folder", type=Path, nargs="?", default=Path("lora-wizard-demo"), metavar="DIR")
     parser.add_argument("--headless", action="store_true", help="train it straight away, without the wizard")
     parser.set_defaults(handler=run)
@@ -26,6 +27,10 @@ def run(args: argparse.Namespace) -> int:
 
         plan = prepare_plan(load_answers(answers_path))
         return run_here(plan, create_run_folder(plan.answers))
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        from tui_lora.app import run_app
+
+        return run_app(answers_path)  # the wizard, on the demo's answers
     print(f"demo ready: {answers_path}")
     print(f"train it with:  lora-wizard train {answers_path}")
     return 0

@@ -6,12 +6,14 @@ import argparse
 from pathlib import Path
 
 from engine.errors import UserError
+from tui_lora.commands.train import add_launcher_options, launcher_args
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("resume", help="continue an interrupted run from its newest checkpoint")
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run folder, <output>/<name>.run")
     parser.add_argument("--detach", action="store_true", help="run the engine in the background")
+    add_launcher_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -23,6 +25,8 @@ def run(args: argparse.Namespace) -> int:
 
     folder = args.run_dir
     answers = load_run_answers(folder)
+    if args.processes:
+        answers = answers.model_copy(update={"training": answers.training.model_copy(update={"processes": args.processes})})
     status = run_status(folder)
     if status.state == "running":
         raise UserError(
@@ -37,5 +41,5 @@ def run(args: argparse.Namespace) -> int:
     if saved is not None:  # refuse a changed dataset before loading anything heavy
         check_same_dataset(saved, dataset_fingerprint(plan.dataset), folder)
     if args.detach:
-        return detach(folder, resume=True)
-    return run_here(plan, folder, resume=True)
+        return detach(folder, plan, resume=True, launcher=launcher_args(args))
+    return run_here(plan, folder, resume=True, launcher=launcher_args(args))

@@ -21,7 +21,28 @@ def register(subparsers) -> None:
     parser.add_argument("answers", type=Path, metavar="FILE", help="the answers file (TOML) the wizard saved")
     parser.add_argument("--dry-run", action="store_true", help="validate everything and print the plan; train nothing")
     parser.add_argument("--detach", action="store_true", help="run the engine in the background, immune to the terminal closing")
+    add_launcher_options(parser)
     parser.set_defaults(handler=run)
+
+
+def add_launcher_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("several GPUs (data parallel, through torchrun)")
+    group.add_argument("--processes", type=int, metavar="N", help="processes (GPUs) on this machine; overrides [training] processes")
+    group.add_argument("--nnodes", metavar="N", help="machines taking part (torchrun --nnodes)")
+    group.add_argument("--node-rank", metavar="R", help="this machine's rank (torchrun --node-rank)")
+    group.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous address (torchrun --rdzv-endpoint)")
+
+
+def launcher_args(args: argparse.Namespace) -> list[str]:
+    """torchrun's multi-node options, passed through as given."""
+    if not args.nnodes:
+        return []
+    options = [f"--nnodes={args.nnodes}", "--rdzv-backend=c10d"]
+    if args.node_rank is not None:
+        options.append(f"--node-rank={args.node_rank}")
+    if args.rdzv_endpoint:
+        options.append(f"--rdzv-endpoint={args.rdzv_endpoint}")
+    return options
 
 
 def print_plan(plan: TrainingPlan, file=sys.stdout) -> None:
@@ -37,40 +58,51 @@ def run(args: argparse.Namespace) -> int:
     from engine.plan import prepare_plan
     from engine.runs import create_run_folder
 
-    plan = prepare_plan(load_answers(args.answers))
+    answers = load_answers(args.answers)
+    if args.processes:
+        answers = answers.model_copy(update={"training": answers.training.model_copy(update={"processes": args.processes})})
+    plan = prepare_plan(answers)
     if args.dry_run:
         print_plan(plan)
         print("Dry run: nothing was trained or written.")
         return 0
     folder = create_run_folder(plan.answers)
     if args.detach:
-        return detach(folder)
-    return run_here(plan, folder)
+        return detach(folder, plan, launcher=launcher_args(args))
+    return run_here(plan, folder, launcher=launcher_args(args))
 
 
-def detach(folder: Path, *, resume: bool = False) -> int:
+def detach(folder: Path, plan: TrainingPlan, *, resume: bool = False, launcher: list[str] | None = None) -> int:
     from engine.runs import spawn_detached
 
-    pid = spawn_detached(folder, resume=resume)
+    pid = spawn_detached(folder, resume=resume, processes=plan.answers.training.processes, launcher_args=launcher)
     print(folder)
     print(f"engine running in the background (pid {pid}); follow it with: lora-wizard attach {folder}", file=sys.stderr)
     return 0
 
 
-def run_here(plan: TrainingPlan, folder: Path, *, resume: bool = False) -> int:
-    """Train in this process, holding the run's lock, with progress on this terminal."""
-    from engine.runs import RunLock, execute_run
+def run_here(plan: TrainingPlan, folder: Path, *, resume: bool = False, launcher: list[str] | None = None) -> int:
+    """Train from this terminal, with its progress here: in this process, or, for several
+    processes, in torchrun's children whose events are relayed."""
+    if sys.stdout.isatty():
+        from tui_lora.progress import RichProgress
 
+        print_plan(plan)
+        with RichProgress() as progress:
+            status = train_with(plan, folder, progress.on_event, resume=resume, launcher=launcher)
+        progress.summary()
+        return status
+    return train_with(plan, folder, print_json_line, resume=resume, launcher=launcher)
+
+
+def train_with(plan: TrainingPlan, folder: Path, listener, *, resume: bool, launcher: list[str] | None) -> int:
+    from engine.runs import RunLock, execute_run, run_launched
+
+    processes = plan.answers.training.processes
+    if processes > 1 or launcher:
+        return run_launched(folder, [listener], resume=resume, processes=processes, launcher_args=launcher)
     with RunLock(folder):
-        if sys.stdout.isatty():
-            from tui_lora.progress import RichProgress
-
-            print_plan(plan)
-            with RichProgress() as progress:
-                status = execute_run(plan, folder, [progress.on_event], resume=resume)
-            progress.summary()
-            return status
-        return execute_run(plan, folder, [print_json_line], resume=resume)
+        return execute_run(plan, folder, [listener], resume=resume)
 
 
 def print_json_line(event: dict) -> None:
