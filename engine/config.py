@@ -8,6 +8,7 @@ The file has a schema `version` and one section per concern:
     [network]  the LoRA's size and what it trains
     [training] how long and how
     [checkpoints] when to write resumable checkpoints
+    [samples]  sample images during training
     [output]   where the LoRA goes
 
 Every key is validated; an unknown key is an error with a did-you-mean, never silently ignored.
@@ -140,6 +141,47 @@ class TrainingSection(_Section):
         return self
 
 
+class SamplesSection(_Section):
+    prompts: list[str] = Field(default_factory=list, description="Sample prompts in kohya's syntax: prompt --n neg --w 512 --h 512 --s 28 --l 7.5 --d 42")
+    prompt_file: Path | None = Field(None, description="A kohya prompt file (.txt, one prompt a line), added after `prompts`")
+    every_steps: int = Field(0, ge=0, description="Sample every N steps (0 = off)")
+    every_epochs: int = Field(0, ge=0, description="Sample at the end of every N epochs (0 = off)")
+    at_start: bool = Field(False, description="Also sample before the first step (the base model with an empty LoRA)")
+    sampler: str = Field("euler_a", description="Default sampler: euler_a, euler, dpmpp_2m, dpmpp_2m_karras, heun, ddim, pndm")
+    steps: int = Field(28, ge=1, le=1000, description="Default inference steps")
+    cfg: float = Field(7.5, ge=0.0, le=50.0, description="Default classifier-free guidance scale")
+    negative: str = Field("", description="Default negative prompt")
+    size: int = Field(0, ge=0, le=4096, description="Default sample size in pixels (0 = the training resolution)")
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        from engine.errors import UserError
+        from engine.sampling import sampler_key
+
+        try:
+            return sampler_key(value)
+        except UserError as exc:
+            raise ValueError(f"{exc.message} ({exc.fix})") from None
+
+    @field_validator("prompts")
+    @classmethod
+    def _valid_prompt_lines(cls, value: list[str]) -> list[str]:
+        from engine.errors import UserError
+        from engine.sampling import parse_prompt_line
+
+        for line in value:
+            try:
+                parse_prompt_line(line)
+            except UserError as exc:
+                raise ValueError(exc.message) from None
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool((self.prompts or self.prompt_file) and (self.every_steps or self.every_epochs or self.at_start))
+
+
 class CheckpointSection(_Section):
     every_steps: int = Field(0, ge=0, description="Write a resumable checkpoint every N steps (0 = only at epoch ends)")
     every_epoch: bool = Field(True, description="Write a checkpoint at the end of every epoch")
@@ -170,6 +212,7 @@ class Answers(_Section):
     network: NetworkSection = Field(default_factory=NetworkSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
     checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
+    samples: SamplesSection = Field(default_factory=SamplesSection)
     output: OutputSection
 
     @model_validator(mode="after")
@@ -198,6 +241,7 @@ PATH_KEYS = [
     ("dataset", "train_dir"),
     ("dataset", "reg_dir"),
     ("network", "init_from"),
+    ("samples", "prompt_file"),
     ("output", "dir"),
 ]
 # Paths that must exist when the answers are loaded for a run (output.dir is created on demand).

@@ -127,6 +127,10 @@ def prepare_plan(answers: Answers, *, for_resume: bool = False) -> TrainingPlan:
             fix="set `[model] tokenizer` to a folder holding vocab.json and merges.txt",
         )
     plan = plan_training(answers, family_label=info.label, default_resolution=FAMILIES[info.family].default_resolution)
+    if answers.samples.enabled:
+        from engine.sampling import prompts_from_answers
+
+        prompts_from_answers(answers.samples, plan.resolution)  # a bad prompt file fails now, not at the first sample
     for image in dict.fromkeys(e.path for e in (*plan.dataset.train_examples, *plan.dataset.reg_examples)):
         open_image(image)
     return plan

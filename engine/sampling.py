@@ -199,8 +199,6 @@ def parse_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
     tags: list[tuple[str, float]] = []
     pieces, position = [], 0
     for start in LORA_TAG_START.finditer(prompt):
-        if start.start() < position:
-            continue
         match = LORA_TAG.match(prompt, start.start())
         tag_text = match.group(0) if match else prompt[start.start() :].split(">")[0][:60]
         if not match:
@@ -772,3 +770,13 @@ def _remove_stale_temp_files(folder: Path) -> None:
     """Temp files of atomic writes from a killed call (`.0003.png.<random>.tmp`): never complete images."""
     for path in folder.glob(".*.png.*.tmp"):
         path.unlink(missing_ok=True)
+
+
+def prompts_from_answers(samples: Any, resolution: int) -> list[SamplePrompt]:
+    """The sample prompts of an answers file's `[samples]` section, its defaults applied."""
+    size = samples.size or resolution
+    defaults = SamplePrompt("", samples.negative, size, size, samples.steps, samples.cfg, None, samples.sampler)
+    prompts = [parse_prompt_line(line, defaults, where="[samples] prompts") for line in samples.prompts]
+    if samples.prompt_file is not None:
+        prompts += read_prompt_file(samples.prompt_file, defaults)
+    return prompts

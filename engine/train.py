@@ -145,6 +145,11 @@ class Trainer:
         self.started_at = time.time()
         self.resumed = False
         self.rank, self.world, self.is_main = 0, plan.answers.training.processes, True
+        self.sample_prompts = []
+        if plan.answers.samples.enabled:
+            from engine.sampling import prompts_from_answers
+
+            self.sample_prompts = prompts_from_answers(plan.answers.samples, plan.resolution)
         self.examples: list[Example] = plan.dataset.epoch_examples()
         self.session_id = str(random.randint(0, 2**32 - 1))  # kohya's ss_session_id
 
@@ -321,6 +326,8 @@ class Trainer:
         step = start.step
         pending: list[tuple[int, int, Any, float]] = []  # (step, epoch, loss on the device, lr)
         self.events.emit("ready", device=str(self.device), precision=self.precision, total_steps=plan.total_steps)
+        if a.samples.at_start and step == 0:
+            self.sample(step=0, epoch=0)
         for epoch in range(start.epoch, plan.epochs):
             groups = self.optimizer_steps(epoch)
             first = start.group if epoch == start.epoch else 0
@@ -334,6 +341,8 @@ class Trainer:
                 if step % a.training.log_every_steps == 0 or step == plan.total_steps:
                     self.report(pending)
                     pending = []
+                if a.samples.every_steps and step % a.samples.every_steps == 0:
+                    self.sample(step=step, epoch=epoch + 1)
                 position = Position(step, epoch, index + 1) if index + 1 < len(groups) else Position(step, epoch + 1, 0)
                 request = self.poll_controls()
                 every = a.checkpoints.every_steps
@@ -346,6 +355,9 @@ class Trainer:
             self.report(pending)
             pending = []
             self.events.emit("epoch", epoch=epoch + 1, epochs=plan.epochs, step=step)
+            sampled_here = a.samples.every_steps and step % a.samples.every_steps == 0
+            if a.samples.every_epochs and (epoch + 1) % a.samples.every_epochs == 0 and not sampled_here:
+                self.sample(step=step, epoch=epoch + 1)
             done = step >= plan.total_steps
             if a.training.save_every_epochs and (epoch + 1) % a.training.save_every_epochs == 0 and not done:
                 # A resumed run may write an epoch file again: the same bytes, so it may replace it.
@@ -432,6 +444,21 @@ class Trainer:
         path = commit_checkpoint(staging, keep_last=self.answers.checkpoints.keep_last, before_commit=self.before_checkpoint_commit)
         self.events.emit("checkpoint", path=str(path), step=position.step, epoch=position.epoch)
         return path
+
+    def sample(self, *, step: int, epoch: int) -> None:
+        """Sample images from the live model into the run folder (main process only)."""
+        if not self.sample_prompts or not self.is_main:
+            return
+        from engine.sampling import sample_images
+
+        a = self.answers
+        folder = (self.run_dir or a.output.dir / f"{a.output.name}.run") / "samples"
+        paths = sample_images(
+            self.unwrapped_model(), self.sample_prompts, folder, name=a.output.name, step=step,
+            seed=a.training.seed, clip_skip=a.training.clip_skip,
+        )
+        self.events.emit("sample", step=step, epoch=epoch, paths=[str(p) for p in paths],
+                         prompts=[p.prompt for p in self.sample_prompts])
 
     def poll_controls(self) -> str | None:
         """The main process reads the requests; with several processes it tells the others, so

@@ -1,0 +1,182 @@
+"""`lora-wizard generate` and `lora-wizard reg generate` on the tiny model (64 px, 2 steps): files, seeds,
+the weight grid, the errors a user sees (exit 2, no traceback), and resumable regularization images."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import write_answers
+from tests.engine.test_sampling import random_lora_model, write_lora
+from tui_lora.cli import main
+
+FAST = ["--size", "64", "--steps", "2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread; on a shared 2-core machine two threads are 10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    folder = tmp_path_factory.mktemp("loras")
+    write_lora(random_lora_model(tiny_model_dir, seed=1, text_encoder=True), folder / "usu_bear.safetensors")
+    return folder
+
+
+def generate(model: Path, *args: str) -> int:
+    return main(["generate", "--model", str(model), *args])
+
+
+# --- generate ------------------------------------------------------------------------------------------
+
+
+def test_the_same_command_twice_writes_the_same_bytes(tiny_model_dir, lora_dir, tmp_path, capsys):
+    prompt = "a photo of usu bear <lora:usu_bear:0.8>"
+    for name in ("first.png", "second.png"):
+        status = generate(tiny_model_dir, prompt, "--lora-dir", str(lora_dir), "--seed", "7", "--out", str(tmp_path / name), *FAST)
+        assert status == 0
+    assert capsys.readouterr().out.splitlines() == [str(tmp_path / "first.png"), str(tmp_path / "second.png")]
+    assert (tmp_path / "first.png").read_bytes() == (tmp_path / "second.png").read_bytes()
+    image = Image.open(tmp_path / "first.png")
+    assert image.size == (64, 64)
+    assert image.info["parameters"].startswith(prompt + "\nSteps: 2, Sampler: Euler a, CFG scale: 7.5, Seed: 7, Size: 64x64")
+
+
+def test_several_images_go_to_a_folder_numbered_after_those_there(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "images"
+    assert generate(tiny_model_dir, "a bear", "--seed", "7", "--count", "2", "--out", str(out), "--sampler", "DPM++ 2M", *FAST) == 0
+    assert generate(tiny_model_dir, "a bear", "--seed", "7", "--out", str(out), "--sampler", "dpmpp_2m", *FAST) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000-7.png", "00001-8.png", "00002-7.png"]
+    assert (out / "00000-7.png").read_bytes() == (out / "00002-7.png").read_bytes()
+    assert (out / "00000-7.png").read_bytes() != (out / "00001-8.png").read_bytes()
+    assert "Sampler: DPM++ 2M" in Image.open(out / "00001-8.png").info["parameters"]
+
+
+def test_without_a_seed_a_random_one_is_chosen_and_printed(tiny_model_dir, tmp_path, capsys):
+    assert generate(tiny_model_dir, "a bear", "--out", str(tmp_path / "x.png"), *FAST) == 0
+    seed = capsys.readouterr().err.split("seed ")[1].split()[0]
+    assert f"Seed: {seed}," in Image.open(tmp_path / "x.png").info["parameters"]
+
+
+def test_weights_make_one_grid_with_a_labelled_cell_per_weight(tiny_model_dir, lora_dir, tmp_path, capsys):
+    out = tmp_path / "grids"
+    args = ["a photo of usu bear <lora:usu_bear>", "--lora-dir", str(lora_dir), "--seed", "3", "--out", str(out)]
+    assert generate(tiny_model_dir, *args, "--weights", "0,0.5,1", "--size", "64x72", "--steps", "2") == 0
+    (grid_path,) = out.iterdir()
+    assert grid_path.name == "grid-00000-3.png"
+    grid = Image.open(grid_path)
+    label_height = grid.height - 72
+    assert grid.width == 3 * 64 and 0 < label_height < 72
+    assert "Grid: usu_bear at weights 0, 0.5, 1, seeds 3..3" in grid.info["parameters"]
+    # The weight-0 cell is the base model's image at that seed.
+    assert generate(tiny_model_dir, "a photo of usu bear", "--seed", "3", "--out", str(tmp_path / "base.png"), "--size", "64x72", "--steps", "2") == 0
+    cell = grid.crop((0, label_height, 64, grid.height))
+    assert list(cell.convert("RGB").getdata()) == list(Image.open(tmp_path / "base.png").convert("RGB").getdata())
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["a bear <lora:usu_bear:0.8> <lora:nope:1>"], "no LoRA named `nope` (LoRAs found here: usu_bear)"),
+        (["a bear <lora:usu_bear:lots>"], "malformed LoRA tag `<lora:usu_bear:lots>`"),
+        (["a bear", "--size", "100x64"], "--size 100x64: 100 is not a multiple of 8"),
+        (["a bear", "--out", "x.jpg"], "images are written as PNG"),
+        (["a bear", "--out", "x.png", "--count", "2"], "--count makes 2 images"),
+        (["a bear <lora:usu_bear>", "--weights", "0,half"], "--weights '0,half' is not a list of numbers"),
+        (["a bear", "--sampler", "warp"], "unknown sampler `warp`"),
+    ],
+)
+def test_bad_input_is_one_clear_message_and_exit_2(args, says, lora_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status = generate(tmp_path / "no-model-needed", *args, "--lora-dir", str(lora_dir))
+    err = capsys.readouterr().err
+    assert status == 2
+    assert says in err
+    assert "Traceback" not in err
+
+
+def test_a_missing_lora_from_the_installed_command_has_no_traceback(lora_dir, tmp_path):
+    command = [shutil.which("lora-wizard")] if shutil.which("lora-wizard") else [sys.executable, "-m", "tui_lora.cli"]
+    done = subprocess.run(
+        [*command, "generate", "--model", str(tmp_path), "bear <lora:usu_baer:1>", "--lora-dir", str(lora_dir)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2
+    assert "no LoRA named `usu_baer`" in done.stderr and "usu_bear" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# --- reg generate --------------------------------------------------------------------------------------
+
+
+def reg(*args: str) -> int:
+    return main(["reg", "generate", *args])
+
+
+def test_reg_generate_writes_n_images_and_a_second_call_only_the_missing_ones(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "reg"
+    args = ["--model", str(tiny_model_dir), "--class", "bear", "--count", "3", "--out", str(out), *FAST]
+    assert reg(*args) == 0
+    captured = capsys.readouterr()
+    folder = out / "1_bear"
+    assert sorted(p.name for p in folder.iterdir()) == ["0000.png", "0001.png", "0002.png"]
+    assert "reg: 3 images of `bear`" in captured.err and "reg: 3/3 0002.png" in captured.err
+    assert captured.out.strip() == f"3 images written, 0 kept: {folder}"
+
+    (folder / "0001.png").unlink()  # an interrupted or pruned folder
+    kept = {name: (folder / name).stat().st_mtime_ns for name in ("0000.png", "0002.png")}
+    assert reg(*args) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == f"1 images written, 2 kept: {folder}"
+    assert "reg: 3/3 0001.png" in captured.err  # 3 of 3 there once it is written
+    assert {name: (folder / name).stat().st_mtime_ns for name in kept} == kept
+
+    assert reg(*args) == 0  # complete: nothing to make, no model loaded
+    assert "reg: loading" not in capsys.readouterr().err
+
+
+def test_reg_count_defaults_to_5_per_training_image(tiny_model_dir, tmp_path, capsys):
+    concept = tmp_path / "train" / "10_usu bear"
+    concept.mkdir(parents=True)
+    Image.new("RGB", (64, 64), "red").save(concept / "one.png")
+    assert reg("--model", str(tiny_model_dir), "--class", "bear", "--train", str(tmp_path / "train"), "--out", str(tmp_path / "reg"), *FAST) == 0
+    assert len(list((tmp_path / "reg" / "1_bear").glob("*.png"))) == 5
+
+
+def test_reg_generate_reads_the_model_folders_and_resolution_from_an_answers_file(tiny_model_dir, tiny_dataset, tmp_path, capsys):
+    train, _ = tiny_dataset
+    answers = write_answers(tmp_path / "run", tiny_model_dir, train, tmp_path / "new-reg")
+    assert reg(str(answers), "--class", "bear", "--count", "2", "--steps", "2") == 0
+    images = sorted((tmp_path / "new-reg" / "1_bear").iterdir())
+    assert [p.name for p in images] == ["0000.png", "0001.png"]
+    assert Image.open(images[0]).size == (64, 64)  # [dataset] resolution = 64
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--class", "bear", "--count", "3", "--out", "reg"], "no base model given"),
+        (["--model", "m", "--class", "bear", "--out", "reg"], "how many images?"),
+        (["--model", "m", "--class", "bear", "--count", "3"], "no regularization folder given"),
+        (["--model", "m", "--class", "a/b", "--count", "3", "--out", "reg"], "`a/b` cannot be a folder name"),
+        (["--model", "m", "--class", "bear", "--count", "0", "--out", "reg"], "--count 0 must be 1 or more"),
+    ],
+)
+def test_reg_generate_bad_input_is_one_clear_message_and_exit_2(args, says, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert reg(*args) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
