@@ -86,3 +86,10 @@ def batch_count(sizes: Iterable[Size], batch_size: int) -> int:
     for size in sizes:
         counts[size] = counts.get(size, 0) + 1
     return sum(math.ceil(n / batch_size) for n in counts.values())
+
+
+def crop_top_left(original: Size, target: Size) -> tuple[int, int]:
+    """Where the centre crop of `resize_and_crop` starts, as (top, left) in the resized image."""
+    scale = max(target[0] / original[0], target[1] / original[1])
+    resized = (max(target[0], round(original[0] * scale)), max(target[1], round(original[1] * scale)))
+    return (resized[1] - target[1]) // 2, (resized[0] - target[0]) // 2

@@ -34,6 +34,7 @@ from engine.config import Answers
 from engine.dataset import Example
 from engine.errors import UserError
 from engine.events import EventLog
+from engine.families import ImageGeometry
 from engine.plan import TrainingPlan, check_output_free
 from engine.seeds import derive_seed, epoch_order, generator
 
@@ -145,6 +146,7 @@ class Trainer:
         self.started_at = time.time()
         self.resumed = False
         self.rank, self.world, self.is_main = 0, plan.answers.training.processes, True
+        self._geometry: dict[Path, ImageGeometry] = {}
         self.sample_prompts = []
         if plan.answers.samples.enabled:
             from engine.sampling import prompts_from_answers
@@ -255,6 +257,15 @@ class Trainer:
             return self.batch_loss(batch[:1]) * 0.0
         return self.batch_loss(share) * (len(share) * self.world / len(batch))
 
+    def geometry(self, path: Path) -> ImageGeometry:
+        """How an image is fitted to its bucket (its file header is read once)."""
+        if path not in self._geometry:
+            from engine.buckets import crop_top_left, image_size
+
+            original, target = image_size(path), self.plan.sizes[path]
+            self._geometry[path] = ImageGeometry(original, crop_top_left(original, target), target)
+        return self._geometry[path]
+
     def batch_loss(self, batch: list[tuple[int, Example]]) -> torch.Tensor:
         """Weighted denoising loss of a batch of (global sample index, example)."""
         import torch
@@ -288,7 +299,7 @@ class Trainer:
 
         with self.accelerator.autocast():
             conditioning = self.conditioning(captions)
-            prediction = model.family.predict(model, noisy, timesteps, conditioning)
+            prediction = model.family.predict(model, noisy, timesteps, conditioning, [self.geometry(e.path) for _, e in batch])
         loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         if a.training.min_snr_gamma:
             loss = loss * snr_weights(scheduler, timesteps, a.training.min_snr_gamma, model.prediction_type)

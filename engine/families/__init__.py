@@ -15,6 +15,15 @@ if TYPE_CHECKING:
     import torch
 
 
+@dataclass(frozen=True)
+class ImageGeometry:
+    """How a training image was fitted to its bucket, in pixels (SDXL's size conditioning)."""
+
+    original: tuple[int, int]  # (width, height) of the image file, EXIF rotation applied
+    crop_top_left: tuple[int, int]  # (top, left) of the crop in the resized image
+    target: tuple[int, int]  # (width, height) trained at: the bucket
+
+
 @dataclass
 class LoadedModel:
     """The components of a base model, ready to train."""
@@ -57,7 +66,16 @@ class ModelFamily:
         """The UNet's conditioning for a batch of token ids (keyword arguments of `predict`)."""
         raise NotImplementedError
 
-    def predict(self, model: LoadedModel, noisy_latents: torch.Tensor, timesteps: torch.Tensor, conditioning: dict[str, Any]) -> torch.Tensor:
+    def predict(
+        self,
+        model: LoadedModel,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        conditioning: dict[str, Any],
+        geometry: list[ImageGeometry] | None = None,
+    ) -> torch.Tensor:
+        """The UNet's prediction. `conditioning` is what `encode` returned (batch-first tensors);
+        `geometry` says how each image was sized and cropped (SDXL conditions on it)."""
         return model.unet(noisy_latents, timesteps, **conditioning, return_dict=False)[0]
 
     def kohya_unet_name(self, module_path: str) -> str:
