@@ -71,9 +71,15 @@ class RunLock:
         self._handle = None
 
     def __enter__(self) -> RunLock:
+        import time
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = self.path.open("a+")
-        if not _try_lock(handle):
+        # `engine_running` probes the lock for an instant: try again for a moment before giving up.
+        deadline = time.monotonic() + 2.0
+        while not (locked := _try_lock(handle)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not locked:
             handle.seek(0)
             pid = handle.read().strip() or "?"
             handle.close()
@@ -255,6 +261,7 @@ def spawn_detached(folder: Path, *, resume: bool = False, processes: int = 1, la
     """Start the engine on `folder` as its own process, outside this terminal's session, so that
     closing the terminal or dropping SSH does not stop it. Returns its pid once it holds the lock."""
     import subprocess
+    import sys
     import time
 
     command = engine_command(folder, resume=resume, processes=processes, launcher_args=launcher_args)
@@ -274,6 +281,8 @@ def spawn_detached(folder: Path, *, resume: bool = False, processes: int = 1, la
             tail = (folder / "engine.log").read_text(encoding="utf-8", errors="replace")[-2000:]
             raise UserError(f"the engine stopped at once:\n{tail}", where=folder)
         time.sleep(0.05)
+    print(f"warning: the engine (pid {process.pid}) has not started within {wait_seconds:.0f} s; "
+          f"see {folder / 'engine.log'}", file=sys.stderr)
     return process.pid
 
 
