@@ -32,10 +32,14 @@ def test_plan_follows_kohyas_arithmetic(tmp_path, tiny_model_dir, tiny_dataset):
 
 
 def test_epoch_files_disk_latent_cache_and_frozen_text_encoder(tmp_path, tiny_model_dir, tiny_dataset):
+    import shutil
+
+    train_dir = tmp_path / "train"
+    shutil.copytree(tiny_dataset[0] / "10_usu bear", train_dir / "2_usu bear")  # 4 images x 2 repeats
     answers_path = write_answers(
         tmp_path,
         tiny_model_dir,
-        tiny_dataset[0],
+        train_dir,
         network={"train_text_encoder": False},
         training={"max_steps": None, "epochs": 2, "batch_size": 4, "save_every_epochs": 1, "cache_latents": "disk"},
     )
@@ -45,15 +49,15 @@ def test_epoch_files_disk_latent_cache_and_frozen_text_encoder(tmp_path, tiny_mo
     output = answers.output.dir
     assert (output / "tiny-000001.safetensors").is_file()  # epoch 1 of 2; the last epoch is the final file
     assert not (output / "tiny-000002.safetensors").exists()
-    assert result.lora_path == output / "tiny.safetensors" and result.steps == 20
+    assert result.lora_path == output / "tiny.safetensors" and result.steps == 4
     assert len(list((output / ".latent-cache").glob("*.safetensors"))) == 4  # one per unique image
     from safetensors import safe_open
 
     with safe_open(result.lora_path, "pt") as lora:
         assert not any(k.startswith("lora_te_") for k in lora.keys())  # noqa: SIM118  UNet only
-    # A second run reads the latents from disk and trains to the same result.
-    again_path = write_answers(tmp_path / "again", tiny_model_dir, tiny_dataset[0], network={"train_text_encoder": False},
-                               training={"max_steps": 20, "batch_size": 4, "cache_latents": "memory"})
+    # A run with latents in memory trains to the same result as the one that read them from disk.
+    again_path = write_answers(tmp_path / "again", tiny_model_dir, train_dir, network={"train_text_encoder": False},
+                               training={"max_steps": 4, "batch_size": 4, "cache_latents": "memory"})
     again = load_answers(again_path)
     train(plan_training(again), EventLog(None))
     from safetensors.torch import load_file
