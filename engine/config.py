@@ -113,6 +113,9 @@ class TrainingSection(_Section):
     processes: int = Field(1, ge=1, le=1024, description="Data-parallel processes (GPUs); batch_size is per process")
     unet_lr: float = Field(1e-4, gt=0, le=1.0, description="Learning rate of the UNet LoRA")
     text_encoder_lr: float = Field(5e-5, gt=0, le=1.0, description="Learning rate of the text-encoder LoRA")
+    text_encoder_2_lr: float | None = Field(
+        None, gt=0, le=1.0, description="SDXL: learning rate of the second text encoder's LoRA; empty = text_encoder_lr"
+    )
     lr_scheduler: Literal["constant", "cosine", "linear"] = Field("constant", description="LR schedule")
     warmup_steps: int = Field(0, ge=0, description="Steps of linear warm-up")
     optimizer: Literal["adamw", "adamw8bit", "prodigy"] = Field("adamw", description="Optimizer")

@@ -165,6 +165,11 @@ def lora_parameters(model: LoadedModel) -> tuple[list[torch.nn.Parameter], list[
     return unet_weights, text_weights
 
 
+def text_encoder_parameters(model: LoadedModel) -> list[list[torch.nn.Parameter]]:
+    """The LoRA weights of each text encoder (SDXL has two, trained with their own learning rates)."""
+    return [_lora_weights(text_encoder) for text_encoder in model.text_encoders]
+
+
 def _named_lora_layers(model: LoadedModel) -> Iterator[tuple[str, Any]]:
     """(kohya stem, LoRA layer) for every adapted layer: UNet first, then each text encoder."""
     family = model.family

@@ -1,8 +1,8 @@
 """Images from a base model, with or without LoRAs: samples during training, `generate`, regularization images.
 
-One code path makes every image: a diffusers `StableDiffusionPipeline` assembled from a `LoadedModel`'s
-own components (no second load from disk), the prompt encoded by the model family (so clip skip works
-as in training), the initial noise and every sampler draw from a CPU `torch.Generator` seeded per image
+One code path makes every image: a diffusers `StableDiffusionPipeline` (`StableDiffusionXLPipeline` for
+SDXL) assembled from a `LoadedModel`'s own components (no second load from disk), the prompt encoded by
+the model family (so clip skip works as in training), the initial noise and every sampler draw from a CPU `torch.Generator` seeded per image
 (the same bytes on a rerun, whatever the device), and the latents decoded by the VAE in its own dtype.
 
 Prompts follow kohya's sample-prompt syntax (`prompt --n negative --w 512 --h 512 --s 28 --l 7.5 --d 42
@@ -393,13 +393,10 @@ class ImageMaker:
         pipeline = self.pipeline
         pipeline.scheduler = build_scheduler(model, prompt.sampler)
         with torch.no_grad(), _eval_mode(model):
-            unet_dtype = _dtype_of(model.unet)
-            positive = self._encode(prompt.prompt).to(unet_dtype)
-            negative = self._encode(prompt.negative).to(unet_dtype)
+            embeds = self._prompt_embeds(prompt)
             generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
             latents = pipeline(
-                prompt_embeds=positive,
-                negative_prompt_embeds=negative,
+                **embeds,
                 num_images_per_prompt=len(seeds),
                 width=prompt.width,
                 height=prompt.height,
@@ -411,11 +408,24 @@ class ImageMaker:
             )[0]
             return self._decode(latents)
 
-    def _encode(self, text: str) -> torch.Tensor:
+    def _encode(self, text: str) -> dict[str, torch.Tensor]:
         """The UNet's text conditioning, as the training loop computes it (the family's clip skip)."""
         model = self.model
-        conditioning = model.family.encode(model, model.family.tokenize(model, [text]), self.clip_skip)
-        return conditioning["encoder_hidden_states"]
+        return model.family.encode(model, model.family.tokenize(model, [text]), self.clip_skip)
+
+    def _prompt_embeds(self, prompt: SamplePrompt) -> dict[str, torch.Tensor]:
+        """The pipeline's prompt arguments: the context of both prompts, and for SDXL the pooled text
+        (the pipeline adds SDXL's size conditioning for an uncropped image of the requested size)."""
+        unet_dtype = _dtype_of(self.model.unet)
+        positive, negative = self._encode(prompt.prompt), self._encode(prompt.negative)
+        embeds = {
+            "prompt_embeds": positive["encoder_hidden_states"].to(unet_dtype),
+            "negative_prompt_embeds": negative["encoder_hidden_states"].to(unet_dtype),
+        }
+        if "text_embeds" in positive:
+            embeds["pooled_prompt_embeds"] = positive["text_embeds"].to(unet_dtype)
+            embeds["negative_pooled_prompt_embeds"] = negative["text_embeds"].to(unet_dtype)
+        return embeds
 
     def _decode(self, latents: torch.Tensor) -> list[Image.Image]:
         vae = self.model.vae
@@ -441,6 +451,8 @@ def _kohya_layer_count(path: Path) -> int | None:
 def _build_pipeline(model: LoadedModel) -> Any:
     from accelerate.utils import extract_model_from_parallel
 
+    if model.family.name == "sdxl":
+        return _build_sdxl_pipeline(model)
     if model.family.name not in ("sd1", "sd2"):
         raise UserError(f"making images with {model.family.label} models is not supported yet", where=model.source)
     with _quiet_libraries():
@@ -455,6 +467,29 @@ def _build_pipeline(model: LoadedModel) -> Any:
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
+        )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _build_sdxl_pipeline(model: LoadedModel) -> Any:
+    """diffusers' StableDiffusionXLPipeline on the model's own modules, without the invisible watermark
+    (it needs the extra invisible-watermark package, which the project does not install)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    with _quiet_libraries():
+        from diffusers import StableDiffusionXLPipeline
+
+        first, second = (extract_model_from_parallel(encoder) for encoder in model.text_encoders)
+        pipeline = StableDiffusionXLPipeline(
+            vae=model.vae,
+            text_encoder=first,
+            text_encoder_2=second,
+            tokenizer=model.tokenizers[0],
+            tokenizer_2=model.tokenizers[1],
+            unet=extract_model_from_parallel(model.unet),
+            scheduler=build_scheduler(model, DEFAULT_SAMPLER),
+            add_watermarker=False,
         )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

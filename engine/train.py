@@ -73,13 +73,16 @@ def resolve_precision(requested: str, device_type: str, bf16_supported: bool) ->
     return requested
 
 
-def build_optimizer(answers: Answers, unet_params: list, te_params: list, device_type: str):
+def build_optimizer(answers: Answers, unet_params: list, te_param_lists: list[list], device_type: str):
+    """AdamW (fused on CUDA), 8-bit AdamW or Prodigy, with one learning rate per part."""
     import torch
 
     training = answers.training
     groups = [{"params": unet_params, "lr": training.unet_lr}]
-    if te_params:
-        groups.append({"params": te_params, "lr": training.text_encoder_lr})
+    te_rates = [training.text_encoder_lr, training.text_encoder_2_lr or training.text_encoder_lr]
+    for params, lr in zip(te_param_lists, te_rates, strict=False):
+        if params:
+            groups.append({"params": params, "lr": lr})
     if training.optimizer == "adamw":
         return torch.optim.AdamW(groups, weight_decay=1e-2, fused=device_type == "cuda")
     if training.optimizer == "adamw8bit":
@@ -163,7 +166,7 @@ class Trainer:
 
         from engine.families import load_base_model
         from engine.latents import LatentCache
-        from engine.lora import add_lora, load_lora_file_into, lora_parameters
+        from engine.lora import add_lora, load_lora_file_into, lora_parameters, text_encoder_parameters
 
         a = self.answers
         device_type = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
@@ -218,10 +221,16 @@ class Trainer:
         if a.training.cache_latents != "off":
             for path in dict.fromkeys(e.path for e in self.examples):
                 for flip in (False, True) if a.dataset.flip else (False,):
-                    self.latents.get(path, self.plan.sizes[path], flip)
+                    try:
+                        self.latents.get(path, self.plan.sizes[path], flip)
+                    except FloatingPointError as exc:
+                        raise TrainingFailed(
+                            f"{exc} for {path}",
+                            "check the image; the VAE runs in fp32 here, so an fp16 VAE overflow is not the cause",
+                        ) from None
         self._conditioning_cache: dict[str, dict[str, Any]] = {}
 
-        self.optimizer = build_optimizer(a, self.unet_params, self.te_params, device_type)
+        self.optimizer = build_optimizer(a, self.unet_params, text_encoder_parameters(model), device_type)
         self.lr_scheduler = build_lr_scheduler(a, self.optimizer, self.plan.total_steps)
         prepared = self.accelerator.prepare(model.unet, *model.text_encoders, self.optimizer)
         model.unet, *model.text_encoders, self.optimizer = prepared

@@ -98,7 +98,7 @@ def load_base_model(path: str | Path, *, prediction: str = "auto", tokenizer: st
 class ModelInfo:
     """What a base model is, found cheaply (no weights read): for `--dry-run` and the wizard."""
 
-    family: str  # "sd1", "sd2"
+    family: str  # "sd1", "sd2", "sdxl"
     label: str  # "SD 1.x"
     layout: str  # "diffusers folder" or "single file"
     prediction: str  # "epsilon", "v_prediction" or "unknown" (an SD 2.x file decided only when loading)

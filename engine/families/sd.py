@@ -8,6 +8,13 @@ from typing import Any
 
 from engine.errors import ModelFileError
 from engine.families import LoadedModel, ModelFamily
+from engine.families.sdxl import (
+    SDXL,
+    check_sdxl_folder,
+    is_sdxl_unet_config,
+    load_sdxl_folder,
+    read_unet_config,
+)
 
 DIFFUSERS_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -48,11 +55,14 @@ class StableDiffusion2(StableDiffusion1):
     default_resolution = 512
 
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (StableDiffusion1(), StableDiffusion2())}
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (StableDiffusion1(), StableDiffusion2(), SDXL)}
 
 
-def family_from_unet_config(config: dict[str, Any]) -> ModelFamily:
-    """SD 2.x uses linear projections in its transformer blocks; SD 1.x uses 1x1 convolutions."""
+def family_from_unet_config(config: dict[str, Any], folder: Path | None = None) -> ModelFamily:
+    """SDXL's UNet takes `text_time` embeddings (and its folder has a second text encoder); SD 2.x uses
+    linear projections in its transformer blocks; SD 1.x uses 1x1 convolutions."""
+    if is_sdxl_unet_config(config) or (folder is not None and (folder / "text_encoder_2").is_dir()):
+        return FAMILIES["sdxl"]
     return FAMILIES["sd2"] if config.get("use_linear_projection") else FAMILIES["sd1"]
 
 
@@ -64,8 +74,21 @@ def load_sd_model(path: Path, *, prediction: str = "auto", tokenizer_dir: Path |
     return load_single_file(path, prediction=prediction, tokenizer_dir=tokenizer_dir)
 
 
+def is_sdxl_folder(path: Path) -> bool:
+    """A second text encoder, or a UNet config with SDXL's `text_time` embeddings."""
+    if (path / "text_encoder_2").is_dir():
+        return True
+    try:
+        return is_sdxl_unet_config(json.loads((path / "unet" / "config.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return False  # the checks below name what is missing
+
+
 def check_diffusers_folder(path: Path) -> dict[str, Any]:
     """The UNet config of a diffusers folder, after checking every part is present."""
+    if is_sdxl_folder(path):
+        check_sdxl_folder(path)
+        return read_unet_config(path)
     for part in DIFFUSERS_PARTS:
         if not (path / part).is_dir():
             raise ModelFileError(
@@ -86,7 +109,9 @@ def load_diffusers_folder(path: Path, *, prediction: str = "auto") -> LoadedMode
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    family = family_from_unet_config(check_diffusers_folder(path))
+    family = family_from_unet_config(check_diffusers_folder(path), path)
+    if family is SDXL:
+        return load_sdxl_folder(path, prediction=prediction)
     try:
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)

@@ -4,9 +4,9 @@ These are the files AUTOMATIC1111 users keep in `models/Stable-diffusion`. Loadi
 
 - the state dict is read safely (a .ckpt is unpickled with `weights_only=True`; only a few known-harmless
   training-time objects are allowed, as inert stand-ins);
-- the family (SD 1.x / SD 2.x) and the exact architecture come from the tensor names and shapes, with the
-  published configs shipped in `configs/` as templates, so a real SD 1.5 file and a tiny test file take the
-  same path;
+- the family (SD 1.x / SD 2.x / SDXL, whose details are in sdxl_file.py) and the exact architecture come
+  from the tensor names and shapes, with the published configs shipped in `configs/` as templates, so a
+  real SD 1.5 file and a tiny test file take the same path;
 - diffusers' own `single_file_utils` converters map the LDM names to diffusers names; the models are built
   from the derived configs and loaded strictly;
 - the tokenizer is not in the file: it is looked up beside the file, in the answers file, or in the
@@ -29,7 +29,7 @@ from engine.errors import ModelFileError
 from engine.families import LoadedModel, ModelInfo
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-TEMPLATE_FOLDERS = {"sd1": "sd15", "sd2": "sd2"}
+TEMPLATE_FOLDERS = {"sd1": "sd15", "sd2": "sd2", "sdxl": "sdxl"}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth")
 
@@ -50,6 +50,7 @@ TINY_HEAD_WIDTH = 8
 HF_TOKENIZERS = {
     "sd1": ("openai/clip-vit-large-patch14", ""),
     "sd2": ("stabilityai/stable-diffusion-2-1", "tokenizer"),
+    "sdxl": ("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer"),
 }
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 # Downloads that failed in this process: the wizard inspects the model often, a dead network costs once.
@@ -194,8 +195,8 @@ def read_safetensors_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dic
 
 
 def is_model_tensor(key: str) -> bool:
-    """UNet, VAE, text encoder and the `v_pred` marker; not EMA copies, optimizer or scheduler buffers."""
-    return key.startswith((UNET_PREFIX, VAE_PREFIX, "cond_stage_model.")) or key == "v_pred"
+    """UNet, VAE, text encoders and the `v_pred` marker; not EMA copies, optimizer or scheduler buffers."""
+    return key.startswith((UNET_PREFIX, VAE_PREFIX, "cond_stage_model.", SDXL_PREFIX)) or key == "v_pred"
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, str], Architecture]:
@@ -240,15 +241,11 @@ def normalize_ldm_keys(tensors: dict[str, Any]) -> dict[str, Any]:
 
 
 def detect_family(keys: Any, path: Path) -> str:
-    """The family ("sd1" or "sd2") from the state-dict key names; anything else is a ModelFileError."""
+    """The family ("sd1", "sd2" or "sdxl") from the state-dict key names; anything else is a ModelFileError."""
     keys = list(keys)
     if any(key.startswith(SDXL_PREFIX) for key in keys):
-        raise ModelFileError(
-            "this is an SDXL checkpoint; SDXL is not supported yet",
-            where=path,
-            fix="use an SD 1.x or SD 2.x base model",
-        )
-    if any(key.startswith(OPEN_CLIP_BLOCKS) for key in keys):
+        family = "sdxl"
+    elif any(key.startswith(OPEN_CLIP_BLOCKS) for key in keys):
         family = "sd2"
     elif any(key.startswith(CLIP_TEXT_MODEL_PREFIX) for key in keys):
         family = "sd1"
@@ -256,7 +253,7 @@ def detect_family(keys: Any, path: Path) -> str:
         raise ModelFileError(
             f"this is not a Stable Diffusion checkpoint ({_what_it_looks_like(keys)})",
             where=path,
-            fix="give an SD 1.x or SD 2.x base model (.safetensors, .ckpt or a diffusers folder)",
+            fix="give an SD 1.x, SD 2.x or SDXL base model (.safetensors, .ckpt or a diffusers folder)",
         )
     for prefix, part in ((UNET_PREFIX, "UNet"), (VAE_PREFIX, "VAE")):
         if not any(key.startswith(prefix) for key in keys):
@@ -400,10 +397,15 @@ class Architecture:
     unet: dict[str, Any]
     vae: dict[str, Any]
     text_encoder: dict[str, Any]
+    text_encoder_2: dict[str, Any] | None = None  # SDXL's second (OpenCLIP bigG) text encoder
 
 
 def derive_architecture(shapes: dict[str, tuple[int, ...]], path: Path) -> Architecture:
     family = detect_family(shapes, path)
+    if family == "sdxl":
+        from engine.families.sdxl_file import derive_sdxl_architecture
+
+        return derive_sdxl_architecture(shapes, path)
     unet = derive_unet_config(shapes, family, path)
     if unet["in_channels"] != 4:
         raise ModelFileError(
@@ -439,7 +441,7 @@ def _load_strictly(model: Any, state_dict: dict[str, Any], part: str, path: Path
         raise ModelFileError(
             f"the {part} weights in this checkpoint do not match a standard {part}: {detail[:600]}",
             where=path,
-            fix="use an unmodified SD 1.x / SD 2.x checkpoint",
+            fix="use an unmodified SD 1.x / SD 2.x / SDXL checkpoint",
         ) from None
     return model.eval()
 
@@ -688,13 +690,17 @@ def load_tokenizer(folder: Path, text_encoder_vocab: int, path: Path) -> Any:
 
 
 def load_single_file(path: Path, *, prediction: str = "auto", tokenizer_dir: Path | None = None) -> LoadedModel:
-    """Load an SD 1.x / 2.x single-file checkpoint offline, ready to train."""
+    """Load an SD 1.x / 2.x / SDXL single-file checkpoint offline, ready to train."""
     from diffusers import DDPMScheduler
 
     from engine.families.sd import FAMILIES
 
     path = Path(path)
     tensors, metadata, architecture = read_checkpoint(path)
+    if architecture.family == "sdxl":
+        from engine.families.sdxl_file import load_sdxl_single_file
+
+        return load_sdxl_single_file(path, tensors, metadata, architecture, prediction=prediction, tokenizer_dir=tokenizer_dir)
     family = FAMILIES[architecture.family]
     search = find_tokenizer(path, architecture.family, tokenizer_dir)
     if search.folder is None:
@@ -743,6 +749,8 @@ def inspect_base_model(path: Path, tokenizer: Path | None = None) -> ModelInfo:
         shapes, metadata = {key: tuple(value.shape) for key, value in read_pickle_checkpoint(path, mmap=True).items()}, {}
     shapes = normalize_ldm_keys(shapes)
     architecture = derive_architecture(shapes, path)
+    if architecture.family == "sdxl":
+        return _inspect_sdxl_file(path, shapes, metadata, tokenizer)
     from_file = prediction_from_file(path, shapes.keys(), metadata)
     if from_file is not None:
         prediction, reason = from_file
@@ -755,10 +763,18 @@ def inspect_base_model(path: Path, tokenizer: Path | None = None) -> ModelInfo:
     return _model_info(architecture.family, "single file", prediction, reason, search.folder, tokenizer_note, path)
 
 
+def _inspect_sdxl_file(path: Path, shapes: dict[str, tuple[int, ...]], metadata: dict[str, str], tokenizer: Path | None) -> ModelInfo:
+    from engine.families.sdxl_file import find_sdxl_tokenizers, sdxl_prediction
+
+    prediction, reason = sdxl_prediction(path, shapes.keys(), metadata)
+    search = find_sdxl_tokenizers(path, Path(tokenizer) if tokenizer else None)
+    return _model_info("sdxl", "single file", prediction, reason, search.first.folder, search.note, path)
+
+
 def _inspect_diffusers_folder(path: Path) -> ModelInfo:
     from engine.families.sd import check_diffusers_folder, family_from_unet_config
 
-    family = family_from_unet_config(check_diffusers_folder(path))
+    family = family_from_unet_config(check_diffusers_folder(path), path)
     scheduler_config = path / "scheduler" / "scheduler_config.json"
     try:
         prediction = json.loads(scheduler_config.read_text(encoding="utf-8")).get("prediction_type", "epsilon")
@@ -768,7 +784,8 @@ def _inspect_diffusers_folder(path: Path) -> ModelInfo:
     tokenizer = path / "tokenizer"
     if not is_tokenizer_folder(tokenizer):
         raise ModelFileError("the `tokenizer` folder holds no vocab.json + merges.txt", where=tokenizer, fix="copy the complete model folder")
-    return _model_info(family.name, "diffusers folder", prediction, reason, tokenizer, "the model's own tokenizer/ folder", path)
+    note = "the model's own tokenizer/ and tokenizer_2/ folders" if family.name == "sdxl" else "the model's own tokenizer/ folder"
+    return _model_info(family.name, "diffusers folder", prediction, reason, tokenizer, note, path)
 
 
 def _model_info(family: str, layout: str, prediction: str, reason: str, tokenizer: Path | None, tokenizer_note: str, path: Path) -> ModelInfo:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from engine.config import load_answers
@@ -26,12 +28,9 @@ def test_samples_at_the_configured_steps_same_bytes_on_a_rerun(tmp_path, tiny_mo
     torch.set_num_threads(1)  # tiny inference is faster on one thread here, and numerics are the same
     first_dir, first = train_with_samples(tmp_path / "first", tiny_model_dir, tiny_dataset)
     assert [e["step"] for e in first] == [0, 2, 4]
+    derived_seed = first[0]["paths"][1].rsplit("_", 1)[1]  # the second prompt has no --d: seed derived from the run's
     names = sorted(p.name for p in (first_dir / "samples").iterdir())
-    assert names == [
-        "tiny_000000_00_7.png", "tiny_000000_01_" + first[0]["paths"][1].rsplit("_", 1)[1],
-        "tiny_000002_00_7.png", "tiny_000002_01_" + first[0]["paths"][1].rsplit("_", 1)[1],
-        "tiny_000004_00_7.png", "tiny_000004_01_" + first[0]["paths"][1].rsplit("_", 1)[1],
-    ]
+    assert names == [f"tiny_{step:06d}_{i:02d}_{seed}" for step in (0, 2, 4) for i, seed in ((0, "7.png"), (1, derived_seed))]
     # The LoRA changes what the model draws: the step-4 image differs from the one before training.
     samples = first_dir / "samples"
     assert (samples / "tiny_000000_00_7.png").read_bytes() != (samples / "tiny_000004_00_7.png").read_bytes()
@@ -39,4 +38,4 @@ def test_samples_at_the_configured_steps_same_bytes_on_a_rerun(tmp_path, tiny_mo
     second_dir, second = train_with_samples(tmp_path / "second", tiny_model_dir, tiny_dataset)
     for a, b in zip(first, second, strict=True):
         for path_a, path_b in zip(a["paths"], b["paths"], strict=True):
-            assert open(path_a, "rb").read() == open(path_b, "rb").read()
+            assert Path(path_a).read_bytes() == Path(path_b).read_bytes()

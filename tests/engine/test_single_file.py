@@ -307,16 +307,6 @@ def _write_keys(path: Path, keys: list[str]) -> Path:
     return path
 
 
-def test_sdxl_is_refused_for_now(tmp_path):
-    sdxl = _write_keys(
-        tmp_path / "sdxl.safetensors",
-        ["conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight", "model.diffusion_model.input_blocks.0.0.weight"],
-    )
-    for action in (load_base_model, inspect_base_model):
-        with pytest.raises(ModelFileError, match="SDXL is not supported yet"):
-            action(sdxl)
-
-
 def test_a_ckpt_that_is_not_a_checkpoint_is_damaged_not_code(tmp_path):
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a pickle at all" * 10)

@@ -1,4 +1,4 @@
-"""`lora-wizard demo [DIR]`: a tiny model, dataset and answers file, built offline in seconds."""
+"""`lora-wizard demo [DIR] [--sdxl]`: a tiny model, dataset and answers file, built offline in seconds."""
 
 from __future__ import annotations
 
@@ -11,15 +11,18 @@ from engine.config import load_answers
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="build a tiny offline demo (model, dataset, answers) and open the wizard on it")
-    parser.add_argument("folder", type=Path, nargs="?", default=Path("lora-wizard-demo"), metavar="DIR")
+    parser.add_argument("folder", type=Path, nargs="?", default=None, metavar="DIR",
+                        help="where to build it (default: lora-wizard-demo, or lora-wizard-sdxl-demo with --sdxl)")
     parser.add_argument("--headless", action="store_true", help="train it straight away, without the wizard")
+    parser.add_argument("--sdxl", action="store_true", help="a tiny SDXL-shaped model instead of an SD 1.x one")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from engine.demo import create_demo
 
-    answers_path = create_demo(args.folder)
+    folder = args.folder or Path("lora-wizard-sdxl-demo" if args.sdxl else "lora-wizard-demo")
+    answers_path = create_demo(folder, sdxl=args.sdxl)
     if args.headless:
         from engine.plan import prepare_plan
         from engine.runs import create_run_folder

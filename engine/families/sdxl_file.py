@@ -1,0 +1,260 @@
+"""Single-file SDXL checkpoints in the original (SGM) layout, loaded offline.
+
+Such a file holds `model.diffusion_model.*` (the UNet, SGM names), `first_stage_model.*` (the VAE),
+`conditioner.embedders.0.transformer.text_model.*` (CLIP ViT-L in transformers' names) and
+`conditioner.embedders.1.model.*` (OpenCLIP bigG in its own names). As for SD 1.x/2.x
+(engine/families/single_file.py), the architecture comes from the tensor names and shapes with the
+shipped configs (configs/sdxl/) as templates, diffusers' own single_file_utils converters rename the
+tensors, and the models are loaded strictly.
+
+Neither tokenizer is in the file. The first is looked up as for SD 1.x (given, beside the file, the
+Hugging Face cache); the second is a `tokenizer_2/` folder next to the first when there is one, else
+the first one padding with "!" (SDXL's tokenizer_2 is exactly that: CLIP's BPE vocabulary, OpenCLIP's
+padding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ModelFileError
+from engine.families import LoadedModel
+from engine.families.single_file import (
+    UNET_PREFIX,
+    Architecture,
+    TokenizerSearch,
+    _indices,
+    _load_strictly,
+    _shape,
+    build_unet,
+    build_vae,
+    derive_unet_config,
+    derive_vae_config,
+    find_tokenizer,
+    heads_for_width,
+    is_tokenizer_folder,
+    load_template,
+    load_tokenizer,
+    prediction_from_file,
+)
+
+FIRST_ENCODER_PREFIX = "conditioner.embedders.0.transformer."  # CLIP ViT-L, transformers' names
+FIRST_TEXT_MODEL_PREFIX = FIRST_ENCODER_PREFIX + "text_model."
+SECOND_ENCODER_PREFIX = "conditioner.embedders.1.model."  # OpenCLIP ViT-bigG, its own names
+SECOND_BLOCKS = SECOND_ENCODER_PREFIX + "transformer.resblocks."
+REFINER_ENCODER_PREFIX = "conditioner.embedders.0.model."  # the refiner has only OpenCLIP bigG
+OPEN_CLIP_HEAD_WIDTH = 64  # CLIP ViT-L and OpenCLIP bigG both use 64-wide heads
+
+
+def check_sdxl_base_keys(keys: Any, path: Path) -> None:
+    """Both text encoders of SDXL's base model are in the file; the refiner (one encoder) is refused."""
+    keys = list(keys)
+    if any(key.startswith(REFINER_ENCODER_PREFIX) for key in keys):
+        raise ModelFileError(
+            "this is an SDXL refiner; LoRAs are trained on the base model",
+            where=path,
+            fix="give an SDXL base model or a model built on it (Pony, Illustrious, NoobAI...)",
+        )
+    for prefix, what in ((FIRST_TEXT_MODEL_PREFIX, "first (CLIP ViT-L)"), (SECOND_BLOCKS, "second (OpenCLIP bigG)")):
+        if not any(key.startswith(prefix) for key in keys):
+            raise ModelFileError(
+                f"this SDXL checkpoint has no {what} text encoder (`{prefix}*`): it is incomplete",
+                where=path,
+                fix="use the full model file (not a UNet-only file)",
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Architecture from names and shapes
+# --------------------------------------------------------------------------------------------------
+
+
+def derive_sdxl_unet_config(shapes: dict[str, tuple[int, ...]], path: Path) -> dict[str, Any]:
+    """SDXL's UNet config with the sizes of this file: widths, depths per level, embedding sizes."""
+    from engine.families.sdxl import check_sdxl_layout
+
+    config = derive_unet_config(shapes, "sdxl", path)
+    unet = {key[len(UNET_PREFIX) :]: shape for key, shape in shapes.items() if key.startswith(UNET_PREFIX)}
+    layers = config["layers_per_block"]
+    depths = []
+    for level, block_type in enumerate(config["down_block_types"]):
+        first = f"input_blocks.{1 + level * (layers + 1)}.1.transformer_blocks."
+        # SDXL's depth per level ((1, 2, 10)); a level without attention keeps the template's unused 1.
+        depths.append(len(_indices(unet, first)) if block_type.startswith("CrossAttn") else 1)
+    embedding_input = _shape(unet, "label_emb.0.0.weight", path)[1]
+    pooled = _shape(shapes, SECOND_ENCODER_PREFIX + "text_projection", path)[1]
+    config.update(
+        transformer_layers_per_block=depths,
+        projection_class_embeddings_input_dim=embedding_input,
+        addition_time_embed_dim=(embedding_input - pooled) // 6,  # six size numbers after the pooled text
+    )
+    check_sdxl_layout(config, path)
+    return config
+
+
+def derive_first_text_encoder_config(shapes: dict[str, tuple[int, ...]], path: Path) -> dict[str, Any]:
+    config = load_template("sdxl", "text_encoder")
+    vocab_size, hidden = _shape(shapes, FIRST_TEXT_MODEL_PREFIX + "embeddings.token_embedding.weight", path)
+    config.update(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        max_position_embeddings=_shape(shapes, FIRST_TEXT_MODEL_PREFIX + "embeddings.position_embedding.weight", path)[0],
+        num_hidden_layers=len(_indices(shapes, FIRST_TEXT_MODEL_PREFIX + "encoder.layers.")),
+        intermediate_size=_shape(shapes, FIRST_TEXT_MODEL_PREFIX + "encoder.layers.0.mlp.fc1.weight", path)[0],
+        num_attention_heads=heads_for_width(hidden, OPEN_CLIP_HEAD_WIDTH),
+    )
+    return config
+
+
+def derive_second_text_encoder_config(shapes: dict[str, tuple[int, ...]], path: Path) -> dict[str, Any]:
+    config = load_template("sdxl", "text_encoder_2")
+    vocab_size, hidden = _shape(shapes, SECOND_ENCODER_PREFIX + "token_embedding.weight", path)
+    config.update(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        max_position_embeddings=_shape(shapes, SECOND_ENCODER_PREFIX + "positional_embedding", path)[0],
+        num_hidden_layers=len(_indices(shapes, SECOND_BLOCKS)),  # all of them: the pooled output needs the last
+        intermediate_size=_shape(shapes, SECOND_BLOCKS + "0.mlp.c_fc.weight", path)[0],
+        num_attention_heads=heads_for_width(hidden, OPEN_CLIP_HEAD_WIDTH),
+        projection_dim=_shape(shapes, SECOND_ENCODER_PREFIX + "text_projection", path)[1],
+    )
+    return config
+
+
+def derive_sdxl_architecture(shapes: dict[str, tuple[int, ...]], path: Path) -> Architecture:
+    check_sdxl_base_keys(shapes, path)
+    return Architecture(
+        family="sdxl",
+        unet=derive_sdxl_unet_config(shapes, path),
+        vae=derive_vae_config(shapes, "sdxl", path),
+        text_encoder=derive_first_text_encoder_config(shapes, path),
+        text_encoder_2=derive_second_text_encoder_config(shapes, path),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------
+
+
+def build_first_text_encoder(config: dict[str, Any], tensors: dict[str, Any], path: Path) -> Any:
+    from accelerate import init_empty_weights
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with init_empty_weights():
+        text_encoder = CLIPTextModel(CLIPTextConfig(**config))
+    own = {key: value for key, value in tensors.items() if key.startswith(FIRST_ENCODER_PREFIX)}
+    converted = convert_ldm_clip_checkpoint(own, remove_prefix=FIRST_ENCODER_PREFIX)
+    if not hasattr(text_encoder, "text_model"):  # transformers >= 5 flattened CLIPTextModel
+        converted = {key.removeprefix("text_model."): value for key, value in converted.items()}
+    converted.pop("embeddings.position_ids", None)  # a buffer transformers no longer saves
+    converted.pop("text_model.embeddings.position_ids", None)
+    return _load_strictly(text_encoder, converted, "first text encoder", path)
+
+
+def build_second_text_encoder(config: dict[str, Any], tensors: dict[str, Any], path: Path) -> Any:
+    from accelerate import init_empty_weights
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    with init_empty_weights():
+        text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**config))
+    own = {key: value for key, value in tensors.items() if key.startswith(SECOND_ENCODER_PREFIX)}
+    converted = convert_open_clip_checkpoint(text_encoder, own, prefix=SECOND_ENCODER_PREFIX)
+    converted.pop("text_model.embeddings.position_ids", None)
+    return _load_strictly(text_encoder, converted, "second text encoder", path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizers
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SdxlTokenizers:
+    first: TokenizerSearch
+    second: Path | None  # a tokenizer_2 folder; None: made from the first one (same vocabulary, "!" padding)
+
+    @property
+    def note(self) -> str:
+        if self.first.folder is None:
+            return "not found; looked in: " + "; ".join(self.first.looked)
+        second = str(self.second) if self.second else 'the first one padding with "!" (no tokenizer_2 folder found)'
+        return f"{self.first.looked[-1]}; second tokenizer: {second}"
+
+
+def find_sdxl_tokenizers(path: Path, tokenizer_dir: Path | None) -> SdxlTokenizers:
+    """The first tokenizer as for SD 1.x (`[model] tokenizer`, `tokenizer/` beside the file, the HF cache),
+    the second from a `tokenizer_2/` folder beside the first (or in `[model] tokenizer`) when there is one."""
+    first = find_tokenizer(path, "sdxl", tokenizer_dir)
+    if first.folder is None:
+        return SdxlTokenizers(first, None)
+    candidates = [first.folder.parent / "tokenizer_2"]
+    if tokenizer_dir is not None:
+        candidates.insert(0, tokenizer_dir / "tokenizer_2")
+    second = next((candidate for candidate in candidates if is_tokenizer_folder(candidate)), None)
+    return SdxlTokenizers(first, second)
+
+
+def load_sdxl_tokenizers(search: SdxlTokenizers, architecture: Architecture, path: Path) -> list[Any]:
+    from engine.families.sdxl import sdxl_second_tokenizer
+
+    assert search.first.folder is not None
+    first = load_tokenizer(search.first.folder, architecture.text_encoder["vocab_size"], path)
+    if search.second is None:
+        return [first, sdxl_second_tokenizer(first)]
+    return [first, load_tokenizer(search.second, architecture.text_encoder_2["vocab_size"], path)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and inspecting
+# --------------------------------------------------------------------------------------------------
+
+EPSILON_REASON = 'SDXL base models predict noise (set `[model] prediction = "v_prediction"` for a v-prediction model)'
+
+
+def sdxl_prediction(path: Path, keys: Any, metadata: dict[str, str], requested: str = "auto") -> tuple[str, str]:
+    """The prediction type: the answers file, else what the file says, else epsilon (SDXL's own)."""
+    if requested in ("epsilon", "v_prediction"):
+        return requested, "set in the answers file"
+    return prediction_from_file(path, keys, metadata) or ("epsilon", EPSILON_REASON)
+
+
+def load_sdxl_single_file(
+    path: Path, tensors: dict[str, Any], metadata: dict[str, str], architecture: Architecture, *, prediction: str, tokenizer_dir: Path | None
+) -> LoadedModel:
+    """Build the SDXL models from a file's tensors (read by single_file.read_checkpoint)."""
+    from diffusers import DDPMScheduler
+
+    from engine.families.sdxl import SDXL
+    from engine.families.single_file import missing_tokenizer_error
+
+    search = find_sdxl_tokenizers(path, tokenizer_dir)
+    if search.first.folder is None:
+        raise missing_tokenizer_error(path, "sdxl", search.first)
+    tokenizers = load_sdxl_tokenizers(search, architecture, path)
+    unet = build_unet(architecture.unet, tensors, path)
+    vae = build_vae(architecture.vae, tensors, path)
+    first = build_first_text_encoder(architecture.text_encoder, tensors, path)
+    second = build_second_text_encoder(architecture.text_encoder_2, tensors, path)
+    stored = sorted({str(value.dtype).removeprefix("torch.") for value in tensors.values() if value.is_floating_point()})
+    prediction_type, reason = sdxl_prediction(path, tensors.keys(), metadata, prediction)
+    scheduler = DDPMScheduler.from_config(load_template("sdxl", "scheduler"), prediction_type=prediction_type)
+    return LoadedModel(
+        family=SDXL,
+        unet=unet,
+        vae=vae,
+        text_encoders=[first, second],
+        tokenizers=tokenizers,
+        noise_scheduler=scheduler,
+        prediction_type=prediction_type,
+        source=path,
+        notes=[
+            f"SDXL single file {path.name} (weights stored as {'/'.join(stored)}, loaded as float32)",
+            f"{prediction_type} prediction: {reason}",
+            f"tokenizers: {search.note}",
+        ],
+    )
