@@ -235,8 +235,15 @@ def outcome(tmp_path_factory) -> Outcome:
 
 
 # --- the article's claims -----------------------------------------------------------------------
-# Ratios observed while tuning (OMP_NUM_THREADS=1 and 2 give the same to 3 digits), seeds 0..5:
-# TODO fill in
+# Observed with this module's settings for seeds 0..5 (SEED is 0; each seed builds its own images,
+# base model and LoRAs), against the bounds the tests use:
+#   base "bear" loss / base "usu bear" loss      0.37 0.42 0.31 0.35 0.32 0.30   bound <= 0.6
+#   "usu bear" after / base, without reg images  0.69 0.73 0.68 0.74 0.69 0.68   bound <= 0.8
+#   "usu bear" after / base, with reg images     0.67 0.69 0.63 0.71 0.66 0.67   bound <= 0.8
+#   "bear" after / base, without reg images      1.41 1.48 1.68 1.65 1.63 1.63   bound >= 1.15
+#   |"bear" drift| with / drift without          0.12 0.13 0.20 0.01 0.09 0.12   bound <= 0.5
+# (one CPU thread; with two, seed 0 gives 0.37 0.69 0.67 1.42 0.09). With the regularization images
+# but `dataset.prior_loss_weight = 0`, seed 0's last ratio is 1.30: the preservation test fails then.
 
 
 def test_the_base_model_knows_the_class_and_not_the_subject(outcome):
@@ -256,6 +263,7 @@ def test_without_regularization_the_class_drifts(outcome):
 
 
 def test_regularization_images_preserve_the_class(outcome):
+    """Prior preservation: with the class images as regularization, "bear" stays near the base model."""
     drift_without = outcome.without_reg.class_prompt - outcome.base.class_prompt
     drift_with = abs(outcome.with_reg.class_prompt - outcome.base.class_prompt)
     assert drift_with <= 0.5 * drift_without, outcome.summary()
