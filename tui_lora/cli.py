@@ -28,10 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
     try:
+        if args.command is None:
+            from tui_lora.app import run_app  # the app's imports only when it is opened
+
+            return run_app()
         return int(args.handler(args) or 0)
     except UserError as exc:
         print(f"error: {exc.render()}", file=sys.stderr)

@@ -1,0 +1,245 @@
+"""Each step's fields: invalid values shown inline and not accepted, completion, the model's
+type and tokenizer, preparing a flat folder, Next refused while something is wrong."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from wizard_support import (  # noqa: F401
+    anyio_backend,
+    clear_and_type,
+    demo_folder,
+    make_app,
+    settle,
+    shown,
+    type_text,
+    widget_text,
+)
+
+from engine.config import load_answers
+from tui_lora.i18n import set_language
+from tui_lora.widgets.path_input import complete_path
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    return demo_folder(tmp_path_factory)
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LANG", "en_US.UTF-8")
+    monkeypatch.delenv("LC_ALL", raising=False)
+    yield tmp_path
+    set_language("en")
+
+
+def app_at(step: str, demo: Path, data: Path, **kwargs):
+    app = make_app(data, answers=load_answers(demo / "answers.toml"), **kwargs)
+    app.draft.step = step
+    return app
+
+
+def row(app, key: str):
+    return app.screen.query_one("#row-field-" + key.replace(".", "-"))
+
+
+@pytest.mark.parametrize(
+    ("key", "typed", "reason"),
+    [
+        ("training.batch_size", "0", "Not accepted: at least 1"),
+        ("training.batch_size", "two", "Not accepted: a whole number"),
+        ("training.unet_lr", "fast", "Not accepted: a number"),
+        ("training.unet_lr", "2", "Not accepted: at most 1.0"),
+        ("dataset.resolution", "500", "Not accepted: a multiple of 8"),
+        ("output.name", "my/lora", "Not accepted: a plain file name"),
+        ("output.name", "usu.safetensors", "Not accepted: a plain file name"),
+    ],
+)
+async def test_an_invalid_value_is_shown_inline_and_not_accepted(demo, workspace, tmp_path_factory, key, typed, reason):
+    app = app_at("parameters", demo, tmp_path_factory.mktemp("data"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        app.screen.query_one("#field-" + key.replace(".", "-")).focus()
+        await clear_and_type(pilot, typed)
+        await settle(pilot)
+        assert row(app, key).has_error
+        assert reason in shown(app)
+        # Not accepted: the draft keeps the last value that was (typing passes through others,
+        # e.g. `my` on the way to `my/lora`), so the answers stay valid.
+        assert str(app.draft.get(key)) != typed
+        app.draft.build_answers()
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.screen.name == "parameters"  # Next refuses while a field is wrong
+        assert "Fix the fields marked in red" in shown(app)
+        assert app.focused.id == "field-" + key.replace(".", "-")  # ... and goes to it
+
+
+async def test_a_corrected_value_is_accepted(demo, workspace, tmp_path_factory):
+    app = app_at("parameters", demo, tmp_path_factory.mktemp("data"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await clear_and_type(pilot, "0")
+        await settle(pilot)
+        assert row(app, "training.batch_size").has_error
+        await clear_and_type(pilot, "4")
+        await settle(pilot)
+        assert not row(app, "training.batch_size").has_error
+        assert app.draft.get("training.batch_size") == 4
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.screen.name == "review"
+
+
+async def test_the_reason_is_in_japanese_too(demo, workspace, tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("LANG", "ja_JP.UTF-8")
+    app = app_at("parameters", demo, tmp_path_factory.mktemp("data"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await clear_and_type(pilot, "0")
+        await settle(pilot)
+        assert "受け付けません: 1 以上にしてください" in shown(app)
+
+
+async def test_warmup_longer_than_max_steps_is_refused(demo, workspace, tmp_path_factory):
+    app = app_at("parameters", demo, tmp_path_factory.mktemp("data"))
+    app.draft.set("training.max_steps", 5)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        app.screen.query_one("#field-training-warmup_steps").focus()
+        await clear_and_type(pilot, "9")
+        await settle(pilot)
+        assert "Not accepted: more than the max steps" in shown(app)
+        assert app.draft.get("training.warmup_steps") == 0
+
+
+async def test_parameters_start_from_the_environment_check(demo, workspace, tmp_path_factory):
+    """A new LoRA on the simulated 6 GB card: batch size 1 and gradient checkpointing on."""
+    app = make_app(tmp_path_factory.mktemp("data"))
+    app.draft.step = "parameters"
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert app.screen.query_one("#field-training-batch_size").value == "1"
+        assert app.screen.query_one("#field-training-gradient_checkpointing").value is True
+        assert "Defaults fit NVIDIA GeForce GTX 1660 SUPER" in shown(app)
+        # A value the user chose is never replaced by a recommendation.
+        await clear_and_type(pilot, "3")
+        await settle(pilot)
+        app.apply_recommendations(app.recommendations)
+        assert app.draft.get("training.batch_size") == 3
+
+
+async def test_the_model_step_shows_the_type_and_refuses_what_is_not_a_model(demo, workspace, tmp_path_factory):
+    app = make_app(tmp_path_factory.mktemp("data"))
+    app.draft.step = "model"
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await type_text(pilot, str(demo / "train"))
+        await settle(pilot, 0.4)
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.screen.name == "model"
+        assert "has no `unet` folder" in shown(app)  # the engine's reason, with its fix
+        assert "fix: copy the complete model folder" in shown(app)
+        await clear_and_type(pilot, str(demo / "model"))
+        await settle(pilot, 0.4)
+        text = shown(app)
+        assert "SD 1.x · diffusers folder · predicts epsilon" in text
+        assert "Tokenizer:" in text and "not found" not in text and "has no `unet`" not in text
+        await pilot.press("ctrl+n")
+        await settle(pilot)
+        assert app.screen.name == "dataset"
+
+
+async def test_tab_completes_a_path_and_then_moves_on(demo, workspace, tmp_path_factory):
+    app = make_app(tmp_path_factory.mktemp("data"))
+    app.draft.step = "model"
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await type_text(pilot, str(demo / "mo"))
+        await settle(pilot)
+        await pilot.press("tab")
+        assert app.focused.value == str(demo / "model") + "/"
+        assert app.focused.id == "model-path"
+        await pilot.press("tab")  # nothing left to complete: the focus moves on
+        assert app.focused.id == "browse"
+
+
+def test_path_completion(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("")
+    assert complete_path(str(tmp_path / "mod")) == str(tmp_path / "model.safetensors")
+    assert complete_path(str(tmp_path / "mod"), suffixes=(".ckpt",)) == str(tmp_path / "models") + "/"
+    assert complete_path(str(tmp_path / "no"), folders_only=True) is None
+    assert complete_path(str(tmp_path) + "/") is None  # after a separator Tab moves on
+    assert complete_path("mod", cwd=tmp_path) == "model.safetensors"
+
+
+async def test_the_path_picker_chooses_a_folder_by_keys(demo, workspace, tmp_path_factory):
+    (workspace / "photos").mkdir()
+    app = make_app(tmp_path_factory.mktemp("data"))
+    app.draft.step = "dataset"
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("tab", "ctrl+o")  # on the training root: pick it from a tree
+        await settle(pilot)
+        assert type(app.screen).__name__ == "PathPicker"
+        await pilot.press("down", "c")  # the first folder under the working folder
+        await settle(pilot)
+        assert app.screen.name == "dataset"
+        assert app.draft.get("dataset.train_dir") == str(workspace / "photos")
+
+
+async def test_a_flat_folder_is_prepared_into_kohya_folders(demo, workspace, tmp_path_factory):
+    photos = workspace / "photos"
+    photos.mkdir()
+    for image in sorted((demo / "train" / "10_usu bear").glob("*.png")):
+        shutil.copy(image, photos / image.name)
+    app = make_app(tmp_path_factory.mktemp("data"))
+    app.draft.step = "dataset"
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "enter")  # the second mode: a folder of images to lay out
+        await settle(pilot)
+        await pilot.press("tab")
+        await type_text(pilot, "photos")
+        await pilot.press("tab", "tab")  # -> Browse -> token
+        await type_text(pilot, "sks")
+        await pilot.press("tab")
+        await type_text(pilot, "bear")
+        await pilot.press("tab", "tab", "tab")  # -> repeats (empty: chosen) -> training root to create -> Prepare
+        assert app.focused.id == "prepare-button"
+        await pilot.press("enter")
+        await settle(pilot, 0.3)
+        concept = workspace / "train" / "38_sks bear"
+        assert sorted(p.name for p in concept.iterdir()) == sorted(p.name for p in photos.iterdir())
+        assert app.draft.get("dataset.train_dir") == str(Path("train"))
+        assert app.draft.choices["dataset_mode"] == "existing"
+        assert widget_text(app.screen.query_one("#prepare-result")).startswith("Prepared train/38_sks bear: 4 images × 38 repeats")
+        concepts = [widget_text(w) for w in app.screen.query(".concept")]  # then checked
+        assert concepts[0].startswith("train 38_sks bear: 4 images × 38 = 152 per epoch")
+
+
+async def test_next_waits_for_the_dataset_check_and_refuses_errors(demo, workspace, tmp_path_factory):
+    broken = workspace / "broken" / "10_usu bear"
+    broken.mkdir(parents=True)
+    (broken / "a.png").write_bytes(b"not an image")
+    app = make_app(tmp_path_factory.mktemp("data"))
+    app.draft.step = "dataset"
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("tab")
+        await type_text(pilot, "broken")
+        await pilot.press("ctrl+n")  # before the check ran: it runs, then decides
+        await settle(pilot, 0.5)
+        assert app.screen.name == "dataset"
+        text = shown(app)
+        assert "1 errors" in text and "broken/10_usu bear/a.png" in text  # the file is named
+        assert "The check found 1 errors" in text

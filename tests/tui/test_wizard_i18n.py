@@ -1,0 +1,172 @@
+"""One message catalogue, complete in Japanese; the language from the locale or a setting; the
+themes from the top-level themes/ folder, switchable and remembered."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from wizard_support import anyio_backend, make_app, settle, shown  # noqa: F401
+
+from tui_lora.draft import STEPS
+from tui_lora.fields import PARAMETER_FIELDS
+from tui_lora.i18n import LANGUAGES, catalogue, choose_language, language_from_locale, set_language, t
+from tui_lora.settings import load_settings
+from tui_lora.themes import THEMES_DIR, load_themes, short_name, stylesheets
+
+pytestmark = pytest.mark.anyio
+PACKAGE = Path(__file__).resolve().parents[2] / "tui_lora"
+# The app's own code: every string it shows goes through t(); the subcommands print English.
+APP_SOURCES = [PACKAGE / "app.py", PACKAGE / "fields.py", *sorted((PACKAGE / "screens").glob("*.py")), *sorted((PACKAGE / "widgets").glob("*.py"))]
+PLACEHOLDER = re.compile(r"{(\w*)}")
+
+
+@pytest.fixture(autouse=True)
+def english_afterwards():
+    yield
+    set_language("en")
+
+
+def test_every_message_has_a_japanese_translation():
+    english, japanese = catalogue("en"), catalogue("ja")
+    missing = sorted(set(english) - set(japanese))
+    assert not missing, f"messages without Japanese in tui_lora/locale/ja.toml: {missing}"
+    assert not sorted(set(japanese) - set(english)), "ja.toml has messages en.toml does not"
+    empty = [key for key, text in japanese.items() if not text.strip()]
+    assert not empty, f"empty Japanese messages: {empty}"
+    different = [key for key in english if set(PLACEHOLDER.findall(english[key])) != set(PLACEHOLDER.findall(japanese[key]))]
+    assert not different, f"placeholders differ between en and ja: {different}"
+
+
+def test_every_message_id_in_the_code_exists():
+    used = set()
+    for source in APP_SOURCES:
+        used |= set(re.findall(r"""(?<![\w.])t\(\s*"([a-z0-9_.]+)"\s*[,)]""", source.read_text(encoding="utf-8")))
+        used |= set(re.findall(r"""Binding\([^)]*"(key\.[a-z_]+)"\)""", source.read_text(encoding="utf-8")))
+    assert len(used) > 100  # the scan finds the app's messages
+    unknown = sorted(used - set(catalogue("en")))
+    assert not unknown, f"message ids used in the code but missing from en.toml: {unknown}"
+
+
+def test_composed_message_ids_exist():
+    """Ids the code builds from data: steps, run states, fields, choices, themes."""
+    from engine.runs import RunStatus  # noqa: F401  (the states below are run_status's)
+
+    ids = [f"step.{step}" for step in STEPS]
+    ids += [f"state.{state.replace(' ', '_')}" for state in ("running", "finished", "failed", "interrupted", "stopped unexpectedly", "not started")]
+    ids += [f"field.{spec.key}.{part}" for spec in PARAMETER_FIELDS for part in ("label", "help")]
+    ids += [f"theme.{short_name(name)}" for name in load_themes()]
+    ids += [f"status.{status}" for status in ("ok", "warn", "fail")]
+    english = catalogue("en")
+    assert [i for i in ids if i not in english] == []
+
+
+def test_language_comes_from_the_locale_or_the_setting():
+    assert language_from_locale({"LANG": "ja_JP.UTF-8"}) == "ja"
+    assert language_from_locale({"LC_ALL": "en_US.UTF-8", "LANG": "ja_JP.UTF-8"}) == "en"  # LC_ALL first
+    assert language_from_locale({"LC_ALL": "", "LC_MESSAGES": "ja_JP", "LANG": "C"}) == "ja"
+    assert language_from_locale({"LANG": "C.UTF-8"}) == "en"
+    assert language_from_locale({}) == "en"
+    assert choose_language("ja", {"LANG": "en_US.UTF-8"}) == "ja"
+    assert choose_language("klingon", {"LANG": "ja_JP.UTF-8"}) == "ja"
+    set_language("ja")
+    assert t("nav.next") == "次へ"
+    assert set(LANGUAGES) == {"en", "ja"}
+
+
+async def test_japanese_from_the_locale_lays_out_in_80_columns(tmp_path, monkeypatch):
+    monkeypatch.setenv("LANG", "ja_JP.UTF-8")
+    monkeypatch.delenv("LC_ALL", raising=False)
+    monkeypatch.delenv("LC_MESSAGES", raising=False)
+    app = make_app(tmp_path)
+    app.draft.step = "parameters"
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        text = shown(app)
+        assert "1 環境 2 ベースモデル 3 データセット 4 パラメーター 5 確認" in text
+        assert "バッチサイズ" in text and "esc 戻る" in text
+        body = app.screen.query_one("#body")
+        assert body.max_scroll_x == 0  # wide characters fit: nothing spills sideways
+
+
+async def test_language_switch_from_the_command_palette_is_remembered(tmp_path, monkeypatch):
+    monkeypatch.setenv("LANG", "en_US.UTF-8")
+    monkeypatch.delenv("LC_ALL", raising=False)
+    app = make_app(tmp_path)
+    app.draft.step = "model"
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+p")
+        await settle(pilot)
+        await pilot.press(*"日本語")
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.screen.name == "model"
+        assert "ベースモデル" in shown(app) and "esc 戻る" in shown(app)
+    assert load_settings(tmp_path).language == "ja"
+
+
+def test_themes_are_textual_themes_in_the_top_level_folder():
+    assert THEMES_DIR.name == "themes" and THEMES_DIR.parent == PACKAGE.parent
+    themes = load_themes()
+    assert {"lora-wizard-dark", "lora-wizard-light"} <= set(themes)
+    assert themes["lora-wizard-dark"].dark and not themes["lora-wizard-light"].dark
+    assert [p.name for p in stylesheets()] == ["wizard.tcss", "dark.tcss", "light.tcss"]
+
+
+async def test_theme_switches_by_key_and_palette_and_is_remembered(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert app.theme == "lora-wizard-dark"
+        await pilot.press("ctrl+t")
+        await settle(pilot)
+        assert app.theme == "lora-wizard-light"
+        assert app.current_theme.dark is False
+    assert load_settings(tmp_path).theme == "lora-wizard-light"
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert app.theme == "lora-wizard-light"  # remembered
+        await pilot.press("ctrl+p")
+        await pilot.press(*"Theme: Dark")
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.theme == "lora-wizard-dark"
+    assert load_settings(tmp_path).theme == "lora-wizard-dark"
+
+
+@pytest.mark.slow
+def test_a_wheel_install_finds_the_themes_and_catalogues(tmp_path):
+    """Build the wheel from the sources (no network), install it into a folder and ask the
+    installed package where its themes and messages are."""
+    import shutil
+    import subprocess
+
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(PACKAGE.parent / name, source / name)
+    for folder in ("engine", "tui_lora", "themes"):
+        shutil.copytree(PACKAGE.parent / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(tmp_path / "dist"), str(source)], check=True, timeout=600)
+    wheel = next((tmp_path / "dist").glob("*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "-q", "--target", str(tmp_path / "site"), str(wheel)], check=True, timeout=600)
+    probe = (
+        "import json, tui_lora.themes as th, tui_lora.i18n as i18n\n"
+        "i18n.set_language('ja')\n"
+        "print(json.dumps([str(th.THEMES_DIR), [str(p) for p in th.stylesheets()], sorted(th.load_themes()), i18n.t('nav.next')]))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(tmp_path / "site"), "PATH": ""}, cwd=tmp_path, capture_output=True, text=True, check=True)
+    themes_dir, sheets, names, next_in_japanese = json.loads(out.stdout)
+    assert themes_dir == str(tmp_path / "site" / "themes")
+    assert all(Path(sheet).is_file() and sheet.startswith(themes_dir) for sheet in sheets) and len(sheets) == 3
+    assert names == ["lora-wizard-dark", "lora-wizard-light"]
+    assert next_in_japanese == "次へ"

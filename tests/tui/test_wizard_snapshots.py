@@ -1,0 +1,88 @@
+"""SVG snapshots of every screen at 80x24 in both themes, and of two screens in Japanese.
+
+Deterministic by construction: the machine is simulated (tests/tui/wizard_support.py), paths are
+shown relative to the working folder (the demo's own folder, or a temp workspace for Home), the
+cursor does not blink, and no clock is shown. Regenerate after a deliberate change with
+`python -m pytest tests/tui/test_wizard_snapshots.py --snapshot-update`, then look at the SVGs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.widgets import Input
+from wizard_support import demo_folder, make_app, settle
+
+from engine.config import load_answers
+from engine.demo import demo_answers
+from engine.events import EventLog
+from tui_lora.draft import Draft
+from tui_lora.i18n import set_language
+
+SCREENS = ["home", "environment", "model", "dataset", "parameters", "review"]
+THEMES = ["lora-wizard-dark", "lora-wizard-light"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    return demo_folder(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def english_locale(monkeypatch):
+    monkeypatch.setenv("LANG", "en_US.UTF-8")
+    monkeypatch.delenv("LC_ALL", raising=False)
+    monkeypatch.delenv("LC_MESSAGES", raising=False)
+    yield
+    set_language("en")
+
+
+def interrupted_run(workspace: Path, demo: Path) -> None:
+    """`output/usu_bear.run`, interrupted at step 4 of 10 (events written by the engine's log)."""
+    from engine.runs import create_run_folder
+
+    answers = load_answers(demo / "answers.toml").model_copy(deep=True)
+    answers.output.dir = workspace / "output"
+    folder = create_run_folder(answers)
+    with EventLog(folder / "events.jsonl") as events:
+        events.emit("started", run_dir=str(folder), pid=1, total_steps=10, epochs=1, steps_per_epoch=10, breakdown=[], settings={})
+        events.emit("step", step=4, total_steps=10, epoch=1, loss=0.1, lr=1e-4)
+        events.emit("interrupted", step=4, reason="SIGINT", resume="")
+
+
+def wizard_at(step: str, theme: str, demo: Path, tmp_path: Path, monkeypatch):
+    """The app on `step` with the demo's answers as the demo writes them (relative paths),
+    run from the demo's folder so that every path on screen is short and the same everywhere."""
+    if step == "home":
+        workspace = tmp_path / "workspace"
+        workspace.mkdir()
+        monkeypatch.chdir(workspace)
+        interrupted_run(workspace, demo)
+        app = make_app(tmp_path / "data")
+        app.remember_output_dir(workspace / "output")
+    else:
+        monkeypatch.chdir(demo)
+        app = make_app(tmp_path / "data")
+        app.draft = Draft.from_answers(demo_answers(demo), step=step)
+    app.theme = theme
+    return app
+
+
+async def steady(pilot) -> None:
+    await settle(pilot)
+    for field in pilot.app.screen.query(Input):
+        field.cursor_blink = False
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("theme", THEMES)
+@pytest.mark.parametrize("step", SCREENS)
+def test_screen(snap_compare, demo, tmp_path, monkeypatch, step, theme):
+    assert snap_compare(wizard_at(step, theme, demo, tmp_path, monkeypatch), terminal_size=(80, 24), run_before=steady)
+
+
+@pytest.mark.parametrize("step", ["dataset", "parameters"])
+def test_screen_in_japanese(snap_compare, demo, tmp_path, monkeypatch, step):
+    monkeypatch.setenv("LANG", "ja_JP.UTF-8")
+    assert snap_compare(wizard_at(step, THEMES[0], demo, tmp_path, monkeypatch), terminal_size=(80, 24), run_before=steady)

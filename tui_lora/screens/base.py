@@ -1,0 +1,90 @@
+"""What every wizard step shares: the step bar, a scrolling body, Back / Next, the footer.
+
+A step reads its fields from the app's draft when it is composed and writes each accepted value
+back at once (the app keeps the draft on disk). Next asks the step `ready_to_leave()`: a step with
+a problem says so on the screen and stays.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Static
+
+from tui_lora.draft import STEPS, Draft
+from tui_lora.i18n import t
+from tui_lora.widgets.bindings import translate_bindings
+from tui_lora.widgets.step_bar import StepBar
+
+
+class WizardScreen(Screen):
+    STEP: ClassVar[str]
+    # A body of text to read (not a form) takes the focus, so ↑↓ PgUp PgDn scroll it.
+    BODY_FOCUSABLE: ClassVar[bool] = False
+    BINDINGS = [
+        Binding("escape", "back", "key.back"),
+        Binding("ctrl+n", "next", "key.next"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(name=self.STEP)
+        translate_bindings(self)
+
+    @property
+    def is_last_step(self) -> bool:
+        return STEPS[-1] == self.STEP
+
+    @property
+    def draft(self) -> Draft:
+        return self.app.draft
+
+    def compose(self) -> ComposeResult:
+        yield StepBar(self.STEP)
+        with VerticalScroll(id="body", can_focus=self.BODY_FOCUSABLE):
+            yield from self.compose_body()
+        yield Static("", id="screen-error", markup=False)
+        with Horizontal(id="nav"):
+            yield Button(t("nav.back"), id="back", compact=True)
+            if not self.is_last_step:
+                yield Button(t("nav.next"), id="next", variant="primary", compact=True)
+        yield Footer()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # The last step has no Next: Save or Start instead.
+        return not (action == "next" and self.is_last_step)
+
+    def compose_body(self) -> ComposeResult:
+        yield from ()
+
+    def changed(self) -> None:
+        """A value was accepted into the draft: keep it."""
+        self.app.save_draft()
+
+    def show_screen_error(self, message: str | None) -> None:
+        error = self.query_one("#screen-error", Static)
+        error.update(message or "")
+        error.set_class(bool(message), "visible")
+
+    def ready_to_leave(self) -> bool:
+        """Whether Next may go on; when not, the reason is on the screen."""
+        return True
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "next":
+            event.stop()
+            self.action_next()
+        elif event.button.id == "back":
+            event.stop()
+            self.action_back()
+
+    def action_next(self) -> None:
+        if self.ready_to_leave():
+            self.show_screen_error(None)
+            self.app.go_next(self.STEP)
+
+    def action_back(self) -> None:
+        self.app.go_back(self.STEP)

@@ -1,0 +1,336 @@
+"""Dataset: an existing kohya training root, or a flat folder of images laid out here; the
+regularization root; and the pre-flight check of both, in a worker, with every problem named.
+
+    train/20_usu bear/*.png     training root: <repeats>_<instance token> <class>
+    reg/1_bear/*.png            regularization root: <repeats>_<class>
+
+Preparing links the images into `<root>/<repeats>_<token> <class>/` (engine.dataset_prepare,
+as `lora-wizard dataset prepare` does); the originals are never moved. Next stays here while the
+check reports errors (training would refuse them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.suggester import SuggestFromList
+from textual.widgets import Button, Input, RadioButton, RadioSet, Static
+
+from tui_lora.i18n import t
+from tui_lora.screens.base import WizardScreen
+from tui_lora.widgets.form import FormRow
+from tui_lora.widgets.path_input import PathInput
+from tui_lora.widgets.path_picker import PathPicker, starting_folder
+from tui_lora.widgets.status_rows import StatusRow, shown_path
+
+MODES = ("existing", "prepare")
+# The seed article: about 5 regularization images per training image.
+REG_IMAGES_PER_TRAINING_IMAGE = 5
+SETTLE_SECONDS = 0.4
+# Problems listed on the screen at most; `lora-wizard dataset check --json` lists every one.
+MAX_PROBLEMS_SHOWN = 30
+
+
+def suggested_tokens() -> tuple[str, ...]:
+    from engine.checks.dataset import SUGGESTED_TOKENS
+
+    return SUGGESTED_TOKENS
+
+
+class DatasetScreen(WizardScreen):
+    STEP = "dataset"
+    BODY_FOCUSABLE = True
+    AUTO_FOCUS = "#dataset-mode"
+    BINDINGS = [
+        Binding("ctrl+o", "browse", "key.browse"),
+        Binding("ctrl+r", "check", "key.recheck"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.report = None  # engine DatasetReport of the folders shown
+        self.report_for: tuple | None = None
+        self.go_on_when_checked = False
+        self._timer = None
+
+    # ----------------------------------------------------------------------------- layout
+
+    def compose_body(self) -> ComposeResult:
+        choices = self.draft.choices
+        mode = choices.get("dataset_mode", "existing")
+        yield Static(t("dataset.intro"), classes="intro", markup=False)
+        with RadioSet(id="dataset-mode", compact=True):
+            for option in MODES:
+                yield RadioButton(t(f"dataset.mode.{option}"), value=option == mode, id=f"mode-{option}", compact=True)
+        with Vertical(id="existing"):
+            yield FormRow(
+                t("dataset.train_dir"),
+                PathInput(self.draft.get("dataset.train_dir", ""), folders_only=True, id="train-dir"),
+                Button(t("common.browse"), id="browse-train", compact=True),
+                help=t("dataset.train_dir_help"),
+                id="row-train-dir",
+            )
+        with Vertical(id="prepare"):
+            yield FormRow(
+                t("dataset.images_dir"),
+                PathInput(choices.get("images_dir", ""), folders_only=True, id="images-dir"),
+                Button(t("common.browse"), id="browse-images", compact=True),
+                help=t("dataset.images_dir_help"),
+                id="row-images-dir",
+            )
+            tokens = suggested_tokens()
+            yield FormRow(
+                t("dataset.token"),
+                Input(choices.get("token", ""), suggester=SuggestFromList(tokens), compact=True, id="token"),
+                help=t("dataset.token_help", tokens=" ".join(tokens)),
+            )
+            yield FormRow(t("dataset.class_word"), Input(choices.get("class_word", ""), compact=True, id="class-word"), help=t("dataset.class_help"))
+            yield FormRow(
+                t("dataset.repeats"),
+                Input(str(choices.get("repeats", "")), compact=True, id="repeats", placeholder=t("dataset.repeats_auto")),
+                help=t("dataset.repeats_help"),
+                id="row-repeats",
+            )
+            yield FormRow(
+                t("dataset.prepare_out"),
+                PathInput(choices.get("prepare_out", ""), folders_only=True, id="prepare-out"),
+                help=t("dataset.prepare_out_help"),
+                id="row-prepare-out",
+            )
+            with Horizontal(classes="buttons"):
+                yield Button(t("dataset.prepare_button"), id="prepare-button", compact=True)
+        yield Static("", id="prepare-result", markup=False)
+        yield FormRow(
+            t("dataset.reg_dir"),
+            PathInput(self.draft.get("dataset.reg_dir", ""), folders_only=True, id="reg-dir"),
+            Button(t("common.browse"), id="browse-reg", compact=True),
+            help=t("dataset.reg_dir_help"),
+            id="row-reg-dir",
+        )
+        with Horizontal(classes="buttons"):
+            yield Button(t("dataset.reg_generate"), id="reg-generate", disabled=True, compact=True)
+        yield Static(t("dataset.reg_generate_later", count="-"), id="reg-generate-help", classes="help", markup=False)
+        yield Static(t("dataset.check_heading"), classes="heading", markup=False)
+        yield Static("", id="check-status", classes="help", markup=False)
+        yield Vertical(id="concepts")
+        yield Vertical(id="problems")
+
+    def on_mount(self) -> None:
+        self.show_mode(self.draft.choices.get("dataset_mode", "existing"))
+        self.check_soon(at_once=True)
+
+    def show_mode(self, mode: str) -> None:
+        self.query_one("#existing").display = mode == "existing"
+        self.query_one("#prepare").display = mode == "prepare"
+
+    # ----------------------------------------------------------------------------- input
+
+    @on(RadioSet.Changed, "#dataset-mode")
+    def mode_changed(self, event: RadioSet.Changed) -> None:
+        mode = (event.pressed.id or "mode-existing").removeprefix("mode-")
+        self.draft.choices["dataset_mode"] = mode
+        self.changed()
+        self.show_mode(mode)
+
+    @on(Input.Changed, "#train-dir, #reg-dir")
+    def root_changed(self, event: Input.Changed) -> None:
+        key = "dataset.train_dir" if event.input.id == "train-dir" else "dataset.reg_dir"
+        value = event.value.strip() or None
+        if value != self.draft.get(key):
+            self.draft.set(key, value)
+            self.changed()
+            self.check_soon()
+
+    @on(Input.Changed, "#images-dir, #token, #class-word, #repeats, #prepare-out")
+    def prepare_field_changed(self, event: Input.Changed) -> None:
+        name = {"images-dir": "images_dir", "token": "token", "class-word": "class_word", "repeats": "repeats", "prepare-out": "prepare_out"}[event.input.id]
+        self.draft.choices[name] = event.value.strip()
+        if name == "images_dir" and event.value.strip() and not self.draft.choices.get("prepare_out_edited"):
+            # The training root to create: beside the images, unless typed.
+            folder = Path(event.value.strip().rstrip("/")).expanduser()
+            self.query_one("#prepare-out", Input).value = str(folder.parent / "train") if folder.name else ""
+        if name == "prepare_out" and self.focused is event.input:
+            self.draft.choices["prepare_out_edited"] = True
+        if name == "repeats":
+            self.validate_repeats(event.value.strip())
+        self.changed()
+
+    def validate_repeats(self, text: str) -> bool:
+        row = self.query_one("#row-repeats", FormRow)
+        ok = text == "" or (text.isdigit() and int(text) >= 1)
+        row.show_error(None if ok else t("invalid.ge", limit=1))
+        return ok
+
+    # ----------------------------------------------------------------------------- prepare
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        button = event.button.id or ""
+        if button.startswith("browse-"):
+            event.stop()
+            self.browse({"browse-train": "#train-dir", "browse-images": "#images-dir", "browse-reg": "#reg-dir"}[button])
+        elif button == "prepare-button":
+            event.stop()
+            self.start_prepare()
+        else:
+            super().on_button_pressed(event)
+
+    def start_prepare(self) -> None:
+        choices = self.draft.choices
+        repeats = choices.get("repeats", "")
+        if not self.validate_repeats(str(repeats)):
+            return
+        missing = [t(label) for name, label in (("images_dir", "dataset.images_dir"), ("token", "dataset.token"), ("class_word", "dataset.class_word"), ("prepare_out", "dataset.prepare_out")) if not choices.get(name)]
+        result = self.query_one("#prepare-result", Static)
+        if missing:
+            result.update(t("dataset.prepare_missing", fields=", ".join(missing)))
+            result.set_class(True, "fail")
+            return
+        result.set_class(False, "fail")
+        result.update(t("dataset.preparing"))
+        self.prepare(choices["images_dir"], choices["token"], choices["class_word"], choices["prepare_out"], int(repeats) if repeats else None)
+
+    @work(thread=True, exclusive=True, group="prepare", exit_on_error=False)
+    def prepare(self, images_dir: str, token: str, class_word: str, out: str, repeats: int | None) -> None:
+        from engine.dataset_prepare import prepare_dataset
+        from engine.errors import UserError
+
+        try:
+            prepared = prepare_dataset(Path(images_dir).expanduser(), token=token, class_word=class_word, out=Path(out).expanduser(), repeats=repeats)
+        except UserError as exc:
+            self.app.call_from_thread(self.prepare_failed, exc.render())
+        else:
+            self.app.call_from_thread(self.prepared, prepared, out)
+
+    def prepare_failed(self, message: str) -> None:
+        result = self.query_one("#prepare-result", Static)
+        result.update(message)
+        result.set_class(True, "fail")
+
+    def prepared(self, prepared, out: str) -> None:
+        self.query_one("#prepare-result", Static).update(
+            t("dataset.prepared", folder=shown_path(prepared.concept_folder), images=prepared.images, repeats=prepared.repeats)
+        )
+        self.query_one("#train-dir", Input).value = out
+        self.draft.set("dataset.train_dir", out)
+        self.query_one("#mode-existing", RadioButton).value = True
+        self.check_soon(at_once=True)
+
+    # ----------------------------------------------------------------------------- the check
+
+    def check_key(self) -> tuple:
+        return (
+            self.draft.get("dataset.train_dir"),
+            self.draft.get("dataset.reg_dir"),
+            self.draft.get("dataset.caption_extension", ".txt"),
+            self.draft.get("dataset.resolution"),
+            self.draft.get("training.batch_size", 1),
+        )
+
+    def check_soon(self, *, at_once: bool = False) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        if at_once:
+            self.call_after_refresh(self.action_check)
+        else:
+            self._timer = self.set_timer(SETTLE_SECONDS, self.action_check)
+
+    def action_check(self) -> None:
+        key = self.check_key()
+        if not key[0]:
+            self.show_report(None, key)
+            return
+        self.query_one("#check-status", Static).update(t("dataset.checking"))
+        self.run_check(key)
+
+    @work(thread=True, exclusive=True, group="dataset-check", exit_on_error=False)
+    def run_check(self, key: tuple) -> None:
+        from engine.checks.dataset import check_dataset
+
+        train_dir, reg_dir, caption_extension, resolution, batch_size = key
+        report = check_dataset(
+            Path(train_dir).expanduser(),
+            Path(reg_dir).expanduser() if reg_dir else None,
+            caption_extension=caption_extension,
+            resolution=resolution or 512,
+            batch_size=batch_size,
+        )
+        self.app.call_from_thread(self.show_report, report, key)
+
+    def show_report(self, report, key: tuple) -> None:
+        if key != self.check_key():
+            return  # the folders changed meanwhile: a newer check follows
+        self.report, self.report_for = report, key
+        status = self.query_one("#check-status", Static)
+        concepts = self.query_one("#concepts", Vertical)
+        problems = self.query_one("#problems", Vertical)
+        concepts.remove_children()
+        problems.remove_children()
+        if report is None:
+            status.update(t("dataset.no_root"))
+            return
+        status.update(t("dataset.check_summary", errors=len(report.errors), warnings=len(report.warnings), steps=report.steps_per_epoch))
+        concepts.mount_all([Static(self.concept_line(c), classes="concept", markup=False) for c in report.concepts])
+        shown = report.problems[:MAX_PROBLEMS_SHOWN]
+        rows = [StatusRow(p.severity, shown_path(p.path), p.message, p.fix) for p in shown]
+        if len(report.problems) > len(shown):
+            rows.append(Static(t("dataset.more_problems", count=len(report.problems) - len(shown)), classes="help", markup=False))
+        problems.mount_all(rows)
+        train_images = sum(c.images for c in report.train_concepts)
+        self.query_one("#reg-generate-help", Static).update(t("dataset.reg_generate_later", count=REG_IMAGES_PER_TRAINING_IMAGE * train_images))
+        self.suggest_name(report)
+        if self.go_on_when_checked:
+            self.go_on_when_checked = False
+            self.action_next()
+
+    def concept_line(self, concept) -> str:
+        kind = t("dataset.kind.reg") if concept.is_reg else t("dataset.kind.train")
+        line = t("dataset.concept", kind=kind, folder=concept.folder.name, images=concept.images, repeats=concept.repeats, items=concept.items_per_epoch, captions=concept.captions)
+        if not concept.is_reg and concept.instance_token:
+            line += "\n    " + t("dataset.token_class", token=concept.instance_token, class_word=concept.class_word or "-")
+        return line
+
+    def suggest_name(self, report) -> None:
+        """The LoRA's default name: the first concept's prompt, `usu bear` -> `usu_bear`."""
+        train = report.train_concepts
+        if train:
+            name = "_".join(train[0].prompt.split())
+            if self.draft.set_default("output.name", name):
+                self.changed()
+
+    # ----------------------------------------------------------------------------- leaving
+
+    def ready_to_leave(self) -> bool:
+        if not self.draft.get("dataset.train_dir"):
+            self.query_one("#mode-existing", RadioButton).value = True
+            self.query_one("#row-train-dir", FormRow).show_error(t("dataset.train_dir_required"))
+            return False
+        if self.report_for != self.check_key() or self.report is None:
+            self.go_on_when_checked = True
+            self.show_screen_error(t("dataset.wait_for_check"))
+            self.action_check()
+            return False
+        if self.report.errors:
+            self.show_screen_error(t("dataset.has_errors", count=len(self.report.errors)))
+            return False
+        return True
+
+    # ----------------------------------------------------------------------------- picking
+
+    def action_browse(self) -> None:
+        focused = self.focused.id if self.focused else None
+        target = {"images-dir": "#images-dir", "reg-dir": "#reg-dir", "browse-images": "#images-dir", "browse-reg": "#reg-dir"}.get(focused or "", "#train-dir")
+        self.browse(target)
+
+    def browse(self, target: str) -> None:
+        field = self.query_one(target, Input)
+
+        def chosen(path: Path | None) -> None:
+            if path is not None:
+                field.value = str(path)
+
+        self.app.push_screen(PathPicker(t("dataset.pick_title"), starting_folder(field.value), folders_only=True), chosen)
