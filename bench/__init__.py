@@ -1,0 +1,1 @@
+"""The performance bench: `python bench/run.py` (see docs/performance.md)."""

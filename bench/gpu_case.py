@@ -1,0 +1,100 @@
+"""One engine-against-floor case in a process of its own, printed as one JSON line.
+
+bench/gpu.py runs it once per (batch, gradient checkpointing) on the SD 1.5-shaped model, each in
+a fresh process so that each peak-memory figure is that configuration's alone: the engine is
+measured first, before the bare loop's copy of the model exists. It runs on the CPU too (the smoke
+test does, on the small model), where the CUDA-only figures are left out.
+
+    python bench/gpu_case.py --model DIR --train DIR --resolution 512 --batch 16 [--checkpointing] [--uncached]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def case_answers(args: argparse.Namespace, output_dir: Path, cache_latents: str = "memory") -> dict[str, Any]:
+    return {
+        "model": {"path": str(args.model)},
+        "dataset": {"train_dir": str(args.train), "resolution": args.resolution},
+        "network": {"dim": args.dim, "alpha": args.dim, "train_text_encoder": False},
+        "training": {"max_steps": 100_000, "batch_size": args.batch, "seed": 0, "mixed_precision": "auto",
+                     "gradient_checkpointing": args.checkpointing, "cache_latents": cache_latents},
+        "checkpoints": {"every_epoch": False},
+        "output": {"dir": str(output_dir), "name": "bench-case", "overwrite": True},
+    }
+
+
+def run_case(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
+    import torch
+
+    from bench.loops import (
+        BareLoop,
+        EngineVariant,
+        host_syncs_per_step,
+        interleave,
+        lora_gradient_coverage,
+        paired_ratio,
+        summary,
+    )
+
+    cuda = torch.cuda.is_available()
+    engine = EngineVariant(case_answers(args, output_dir))
+    result: dict[str, Any] = {"batch": args.batch, "checkpointing": args.checkpointing, "device": str(engine.trainer.device),
+                              "precision": engine.trainer.precision}
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    engine.run_steps(args.steps)  # warm-up, and the engine's peak memory before the bare loop exists
+    if cuda:
+        result["peak_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        result["peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
+        result["engine_syncs_per_step"] = host_syncs_per_step(engine.run_steps, args.steps)
+    result["lora_grads"] = lora_gradient_coverage(engine)
+    bare = BareLoop(engine)
+    if cuda:
+        result["bare_syncs_per_step"] = host_syncs_per_step(bare.run_steps, args.steps)
+    runners = {"engine": engine.run_steps, "bare": bare.run_steps}
+    if args.uncached:
+        uncached = EngineVariant(case_answers(args, output_dir, cache_latents="off"))
+        runners["uncached"] = uncached.run_steps
+    times = interleave(runners, rounds=args.rounds, steps=args.steps, warmup_steps=1)
+    result["engine"] = summary(times["engine"], args.batch)
+    result["bare"] = summary(times["bare"], args.batch)
+    result["engine_over_bare"] = paired_ratio(times["engine"], times["bare"])
+    if args.uncached:
+        result["uncached"] = summary(times["uncached"], args.batch)
+        result["latent_cache_speedup"] = paired_ratio(times["uncached"], times["engine"])
+    return result
+
+
+def main() -> None:
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="diffusers folder")
+    parser.add_argument("--train", type=Path, required=True, help="training root (kohya folders)")
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--dim", type=int, default=8, help="LoRA rank")
+    parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
+    parser.add_argument("--uncached", action="store_true", help="also time the engine without its latent cache")
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
+    parser.add_argument("--rounds", type=int, default=3, help="engine / bare rounds")
+    args = parser.parse_args()
+
+    from bench.run import cpu_threads, quiet_libraries
+
+    quiet_libraries()
+    cpu_threads(None)  # one thread on a CPU-only machine, as bench/run.py
+    with tempfile.TemporaryDirectory() as output_dir:
+        print(json.dumps(run_case(args, Path(output_dir))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
