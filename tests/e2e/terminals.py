@@ -113,6 +113,7 @@ class TmuxServer:
     def __init__(self, folder: Path, *, socket_name: str | None = None, env: Mapping[str, str] | None = None):
         self.socket_name = socket_name or f"lwz-{secrets.token_hex(4)}"
         self.config_file = folder / "tmux.conf"
+        self.folder = folder
         self.config_file.parent.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(TMUX_CONFIG, encoding="utf-8")
         # The server inherits this environment when it starts; TMUX would mark us as nested.
@@ -143,6 +144,9 @@ class TmuxServer:
         self._session_count += 1
         name = name or f"s{self._session_count}"
         line = command if isinstance(command, str) else shlex.join(str(word) for word in command)
+        # The shell records the program's exit status itself: tmux 3.3 can leave a finished
+        # program unreaped (a zombie) with an empty #{pane_dead_status}.
+        line = f"{line}; echo $? > {shlex.quote(str(self._status_file(name)))}"
         args = ["new-session", "-d", "-s", name, "-x", str(width), "-y", str(height)]
         if cwd is not None:
             args += ["-c", str(cwd)]
@@ -193,12 +197,18 @@ class TmuxServer:
         """The exit status of the pane's program (128 + N if signal N ended it), or None while
         it runs. tmux can show a pane dead a moment before it has reaped the program: that
         also counts as running."""
+        recorded = self._status_file(target)
+        if recorded.is_file() and recorded.read_text().strip():
+            return int(recorded.read_text().strip())
         dead, status, signal_number = self.display(target, "#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}").split("|")
         if dead != "1":
             return None
         if signal_number:
             return 128 + int(signal_number)
         return int(status) if status else None
+
+    def _status_file(self, session: str) -> Path:
+        return self.folder / f"{self.socket_name}-{session}.status"
 
     def wait_for_exit(self, target: str, *, timeout: float = DEFAULT_TIMEOUT) -> int:
         """Wait for the pane's program to end; returns its exit status."""
