@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from engine.config import load_answers
 from engine.events import EventLog
 from engine.plan import prepare_plan
@@ -25,7 +23,6 @@ def train_with_samples(folder, model, dataset):
 
 
 def test_samples_at_the_configured_steps_same_bytes_on_a_rerun(tmp_path, tiny_model_dir, tiny_dataset):
-    torch.set_num_threads(1)  # tiny inference is faster on one thread here, and numerics are the same
     first_dir, first = train_with_samples(tmp_path / "first", tiny_model_dir, tiny_dataset)
     assert [e["step"] for e in first] == [0, 2, 4]
     derived_seed = first[0]["paths"][1].rsplit("_", 1)[1]  # the second prompt has no --d: seed derived from the run's
