@@ -252,12 +252,14 @@ def run_app(answers_file: Path | None = None) -> int:
     from engine.config import load_answers
 
     answers = load_answers(answers_file) if answers_file is not None else None
-    follow_up = WizardApp(answers=answers).run()
-    if not follow_up:
-        return 0
+    return run_follow_up(WizardApp(answers=answers).run() or [])
+
+
+def run_follow_up(commands: FollowUp) -> int:
+    """Run `lora-wizard` commands one after the other, stopping at the first that fails."""
     from tui_lora.cli import main
 
-    for command in follow_up:
+    for command in commands:
         status = main(command)
         if status != 0:
             return status

@@ -40,7 +40,13 @@ def data_dir() -> Path:
 
 def default_answers() -> dict[str, Any]:
     """A new LoRA's answers: the schema's defaults; the model, dataset and name still to choose."""
-    from engine.config import CheckpointSection, NetworkSection, OutputSection, TrainingSection
+    from engine.config import (
+        CheckpointSection,
+        NetworkSection,
+        OutputSection,
+        SamplesSection,
+        TrainingSection,
+    )
 
     return {
         "version": Answers.model_fields["version"].default,
@@ -48,6 +54,7 @@ def default_answers() -> dict[str, Any]:
         "dataset": {},
         "network": NetworkSection().model_dump(mode="json", exclude_none=True),
         "training": TrainingSection().model_dump(mode="json", exclude_none=True),
+        "samples": SamplesSection().model_dump(mode="json", exclude_none=True),
         "checkpoints": CheckpointSection().model_dump(mode="json", exclude_none=True),
         "output": {"dir": str(OutputSection.model_fields["dir"].default)},
     }

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from engine.config import Answers
 from tui_lora.i18n import has_message, t
 
-Kind = Literal["int", "float", "text", "path", "choice", "bool"]
+Kind = Literal["int", "float", "text", "path", "choice", "bool", "first_of_list"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,11 @@ PARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
         FieldSpec("output.dir", "path"),
         FieldSpec("output.name", "text"),
     ),
+    "samples": (
+        # The first of [samples] prompts (a file may hold more; they are kept as they are).
+        FieldSpec("samples.prompts", "first_of_list", optional=True),
+        FieldSpec("samples.every_epochs", "int"),
+    ),
 }
 PARAMETER_FIELDS: tuple[FieldSpec, ...] = tuple(spec for group in PARAMETER_GROUPS.values() for spec in group)
 
@@ -84,7 +89,9 @@ def section_model(section: str) -> type[BaseModel]:
 
 
 def shown_value(value: Any) -> str:
-    """A draft value as typed in an Input."""
+    """A draft value as typed in an Input (a list: its first item)."""
+    if isinstance(value, list):
+        value = value[0] if value else None
     if value is None:
         return ""
     if isinstance(value, float):
@@ -97,8 +104,11 @@ def accept(spec: FieldSpec, raw: Any, section_values: dict[str, Any]) -> tuple[A
     reason in the current language). For an optional field, an empty entry is accepted as None."""
     if isinstance(raw, str):
         raw = raw.strip()
+    if spec.kind == "first_of_list":
+        rest = list(section_values.get(spec.name) or [])[1:]
+        raw = [raw, *rest] if raw else rest
     others = {k: v for k, v in section_values.items() if k != spec.name}
-    data = others if (raw == "" and spec.optional) else {**others, spec.name: raw}
+    data = others if (raw in ("", []) and spec.optional) else {**others, spec.name: raw}
     try:
         model = section_model(spec.section).model_validate(data)
     except ValidationError as exc:
@@ -106,7 +116,7 @@ def accept(spec: FieldSpec, raw: Any, section_values: dict[str, Any]) -> tuple[A
         if errors:
             return None, describe_error(spec, errors[0])
         # Another key of the section is the problem (a required one not chosen yet): this value is fine.
-        return (None if raw == "" else _typed(spec, raw)), None
+        return (None if raw in ("", []) else _typed(spec, raw)), None
     return model.model_dump(mode="json").get(spec.name), None
 
 

@@ -9,6 +9,8 @@ then trains headless, unchanged: `lora-wizard train FILE`, 2 steps of the demo's
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -23,7 +25,8 @@ pytestmark = pytest.mark.slow
 
 SCREEN_TIMEOUT = 120.0  # generous: two shared cores; only matters on failure
 SETTLE_SECONDS = 0.5
-ENV = {"HF_HUB_OFFLINE": "1", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TERM": "screen-256color"}
+# PYTHONFAULTHANDLER: a wizard stuck on exit prints its threads' stacks when sent SIGABRT.
+ENV = {"PYTHONFAULTHANDLER": "1", "HF_HUB_OFFLINE": "1", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TERM": "screen-256color"}
 
 
 def test_the_wizard_in_tmux_writes_answers_that_train_headless(tmp_path, tmux_server):
@@ -74,7 +77,14 @@ def test_the_wizard_in_tmux_writes_answers_that_train_headless(tmp_path, tmux_se
     keys("C-s")
     expect("Saved usu_bear.toml")
     keys("C-q")
-    assert tmux_server.wait_for_exit(pane, timeout=SCREEN_TIMEOUT) == 0
+    try:
+        status = tmux_server.wait_for_exit(pane, timeout=SCREEN_TIMEOUT)
+    except AssertionError as exc:
+        # Stuck after leaving the screen: SIGABRT makes faulthandler print every thread's stack.
+        os.kill(tmux_server.pane_pid(pane), signal.SIGABRT)
+        time.sleep(3)
+        raise AssertionError(f"{exc}; the pane shows:\n{tmux_server.capture_pane(pane, history=True)}") from None
+    assert status == 0, tmux_server.capture_pane(pane, history=True)
 
     answers = workspace / "usu_bear.toml"
     assert "max_steps = 2" in answers.read_text(encoding="utf-8")
@@ -91,6 +101,4 @@ def test_the_wizard_in_tmux_writes_answers_that_train_headless(tmp_path, tmux_se
 
 
 def _base_env() -> dict[str, str]:
-    import os
-
     return {name: value for name, value in os.environ.items() if name not in ("LANG", "LC_ALL", "LC_MESSAGES")}

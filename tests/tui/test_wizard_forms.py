@@ -59,6 +59,8 @@ def row(app, key: str):
         ("dataset.resolution", "500", "Not accepted: a multiple of 8"),
         ("output.name", "my/lora", "Not accepted: a plain file name"),
         ("output.name", "usu.safetensors", "Not accepted: a plain file name"),
+        ("samples.prompts", "usu bear --q 3", "unknown prompt option `--q`"),
+        ("samples.every_epochs", "-1", "Not accepted: at least 0"),
     ],
 )
 async def test_an_invalid_value_is_shown_inline_and_not_accepted(demo, workspace, tmp_path_factory, key, typed, reason):

@@ -86,6 +86,13 @@ async def walk_to_review(pilot, demo: Path) -> None:
     await clear_and_type(pilot, "4")  # dim
     await pilot.press("tab")
     await type_text(pilot, "4")  # alpha
+    for _ in range(20):  # Tab on, past the optimizer and output fields, to the samples
+        await pilot.press("tab")
+        if app.focused.id == "field-samples-prompts":
+            break
+    await type_text(pilot, "usu bear --s 20")
+    await pilot.press("tab")
+    await clear_and_type(pilot, "1")  # a sample every epoch
     await pilot.press("ctrl+n")
     await settle(pilot)
     assert app.screen.name == "review"
@@ -99,6 +106,7 @@ def expected_answers(demo: Path, workspace: Path) -> Answers:
             "network": {"dim": 4, "alpha": 4},
             # batch size 1 and gradient checkpointing: the environment check's defaults for the simulated 6 GB card
             "training": {"epochs": 3, "max_steps": 2, "batch_size": 1, "gradient_checkpointing": True},
+            "samples": {"prompts": ["usu bear --s 20"], "every_epochs": 1},
             "output": {"dir": "output", "name": "usu_bear"},  # in the answers file's folder: relative
         }
     )
@@ -204,7 +212,10 @@ def write_run(output: Path, demo: Path, kind: str) -> Path:
     with EventLog(folder / "events.jsonl") as events:
         events.emit("started", run_dir=str(folder), pid=1, total_steps=10, epochs=1, steps_per_epoch=10, breakdown=[], settings={})
         events.emit("step", step=4, total_steps=10, epoch=1, loss=0.1, lr=1e-4)
-        events.emit(kind, step=4, reason="SIGINT", resume=f"lora-wizard resume {folder}")
+        if kind == "finished":
+            events.emit(kind, lora=str(output / "usu_bear.safetensors"), steps=10, epochs=1)
+        else:
+            events.emit(kind, step=4, reason="SIGINT", resume=f"lora-wizard resume {folder}")
     return folder
 
 
@@ -235,3 +246,13 @@ async def test_home_lists_runs_and_leaves_to_attach_or_resume(demo, workspace, t
         await settle(pilot)
         assert app.screen.name == "environment"
         assert app.draft.get("dataset.train_dir") == str(demo / "train")
+
+
+def test_what_home_leaves_for_runs_as_lora_wizard_commands(demo, workspace, capsys):
+    """After the app exits, its follow-up runs in this terminal: here `attach` on a finished run."""
+    from tui_lora.app import run_follow_up
+
+    run = write_run(workspace / "output", demo, "finished")
+    assert run_follow_up([["attach", str(run)]]) == 0
+    assert f"finished: {workspace / 'output' / 'usu_bear.safetensors'}" in capsys.readouterr().out
+    assert run_follow_up([["attach", str(workspace / "nowhere")], ["attach", str(run)]]) == 2  # stops at the first failure

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import pytest
+
 from engine.checks.environment import GpuFacts, MachineFacts, NvidiaDriverFacts, TorchFacts
 
 GiB = 1024**3
@@ -112,9 +114,6 @@ def demo_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.getbasetemp() / "wizard-demo"
     create_demo(folder)
     return folder
-
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ class StartedScreen(Screen):
     BINDINGS = [
         Binding("a,enter", "attach", "key.attach"),
         Binding("h", "home", "key.home"),
-        Binding("q", "app.quit", "key.quit"),
+        Binding("q", "app.quit", "key.quit", show=False),  # Ctrl+Q works too, and the footer shows it
     ]
 
     def __init__(self, run_folder: Path, answers_file: str | None = None) -> None:
