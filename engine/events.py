@@ -83,6 +83,7 @@ def follow_events(path: Path, *, poll_seconds: float = 0.2, keep_going=lambda: T
     `keep_going()` decides whether to wait for more."""
     offset = 0
     buffer = ""
+    last_look = False
     while True:
         try:
             with path.open("r", encoding="utf-8") as handle:
@@ -99,6 +100,12 @@ def follow_events(path: Path, *, poll_seconds: float = 0.2, keep_going=lambda: T
             except ValueError:
                 continue
         if not lines:
-            if not keep_going():
+            if last_look:
                 return
+            if not keep_going():
+                # One more read: the writer may have appended its last event just before it let go.
+                last_look = True
+                continue
             time.sleep(poll_seconds)
+        else:
+            last_look = False

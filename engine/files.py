@@ -28,6 +28,24 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_copy(source: Path, target: Path) -> None:
+    """Copy a file (a LoRA into a web UI's folder) so that the target is whole or absent."""
+    import shutil
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_current_umask())
+        with os.fdopen(fd, "wb") as handle, source.open("rb") as original:
+            shutil.copyfileobj(original, handle, 1024 * 1024)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
+
+
 def fsync_dir(folder: Path) -> None:
     if os.name != "posix":  # directories cannot be opened for fsync on Windows
         return

@@ -1,13 +1,14 @@
 """The wizard app: wires the screens to the draft, the settings, the themes and the language.
 
-    Home -> Environment -> Base model -> Dataset -> Parameters -> Review -> (Start) -> Started
+    Home -> Environment -> Base model -> Dataset -> Parameters -> Review -> (Start) -> Dashboard
+    Home (attach) -> Dashboard -> Finished | Failed;  `lora-wizard attach RUN` opens the Dashboard
 
 Each step is a fresh screen built from the draft (tui_lora/draft.py), so Esc / Next, reopening
 the app and switching language all come down to "show this step". What a step does lives in its
 module under screens/; what the engine does stays in engine/.
 
-`run_app()` runs the app and then what the user asked to leave for (attach or resume a run), as
-`lora-wizard` subcommands in this terminal.
+`run_app()` runs the app and then what the user asked to leave for (resuming a run), as
+`lora-wizard` subcommands in this terminal; `run_dashboard()` is `attach` on a terminal.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from textual.screen import Screen
 from tui_lora import draft as drafts
 from tui_lora.draft import HOME, STEPS, Draft
 from tui_lora.i18n import LANGUAGES, choose_language, current_language, set_language, t
+from tui_lora.screens.dashboard import DashboardScreen
 from tui_lora.screens.dataset import DatasetScreen
 from tui_lora.screens.environment import EnvironmentScreen
 from tui_lora.screens.home import HomeScreen
 from tui_lora.screens.model import ModelScreen
 from tui_lora.screens.parameters import ParametersScreen
 from tui_lora.screens.review import ReviewScreen
-from tui_lora.screens.started import StartedScreen
+from tui_lora.screens.run_end import FailureScreen, FinishScreen, run_summary
 from tui_lora.settings import Settings, load_settings, save_settings
 from tui_lora.themes import DEFAULT_THEME, load_themes, short_name, stylesheets
 from tui_lora.widgets.bindings import translate_bindings
@@ -79,11 +81,18 @@ class WizardApp(App[FollowUp | None]):
         data_folder: Path | None = None,
         facts_source: Callable[[Path], Any] | None = None,
         launch: Callable[[Path], Any] | None = None,
+        attach: Path | None = None,
+        dashboard_options: dict[str, Any] | None = None,
     ) -> None:
         """`answers` (engine Answers) start a new draft from them, at the first step; else the
         saved draft is reopened. `facts_source` reads the machine (tests give simulated facts);
-        `launch` starts the engine on a run folder (default: a detached process)."""
+        `launch` starts the engine on a run folder (default: a detached process). `attach` opens
+        that run's dashboard instead (leaving it quits the app); `dashboard_options` go to every
+        DashboardScreen (tests give a clock and a system monitor)."""
         super().__init__()
+        self.attached_run = Path(attach) if attach is not None else None
+        self.dashboard_options = dashboard_options or {}
+        self.farewell: str | None = None  # printed after the app has left the terminal
         self.data_folder = Path(data_folder) if data_folder else drafts.data_dir()
         self.settings: Settings = load_settings(self.data_folder)
         set_language(choose_language(self.settings.language))
@@ -106,7 +115,10 @@ class WizardApp(App[FollowUp | None]):
 
     def on_mount(self) -> None:
         self.theme_changed_signal.subscribe(self, self._remember_theme)
-        self.push_screen(self.make_screen(self.draft.step))
+        if self.attached_run is not None:
+            self.push_screen(DashboardScreen(self.attached_run, **self.dashboard_options))
+        else:
+            self.push_screen(self.make_screen(self.draft.step))
 
     # ----------------------------------------------------------------------------- steps
 
@@ -154,7 +166,34 @@ class WizardApp(App[FollowUp | None]):
         self.remember_output_dir(run_folder.parent)
         self.draft = Draft()  # this LoRA is done: reopening shows Home, with the run listed
         self.flush_draft()
-        self.switch_screen(StartedScreen(run_folder, saved_to))
+        self.open_dashboard(run_folder)
+        if saved_to:
+            self.notify(t("dashboard.headless", path=saved_to), timeout=8)
+
+    # ----------------------------------------------------------------------------- runs
+
+    def open_dashboard(self, run_folder: Path) -> None:
+        self.switch_screen(DashboardScreen(run_folder, **self.dashboard_options))
+
+    def leave_dashboard(self, run_folder: Path, *, still_running: bool) -> None:
+        """Leaving never stops training: it says so, and how to come back."""
+        if still_running:
+            self.farewell = t("dashboard.farewell", run=str(run_folder))
+        if self.attached_run is not None:
+            self.exit([])
+            return
+        self.go_to(HOME)
+        if still_running:
+            self.notify(self.farewell, timeout=8)
+            self.farewell = None
+
+    def show_run_ending(self, run_folder: Path, view) -> None:
+        from tui_lora.finish import finished_lora
+
+        if view.lora_file is not None:
+            self.switch_screen(FinishScreen(run_folder, finished_lora(run_folder, view.lora_file), run_summary(view)))
+        else:
+            self.switch_screen(FailureScreen(run_folder, view))
 
     def leave_for(self, commands: FollowUp) -> None:
         """Quit the app, then run these `lora-wizard` commands in this terminal."""
@@ -163,6 +202,8 @@ class WizardApp(App[FollowUp | None]):
 
     async def action_quit(self) -> None:
         self.flush_draft()
+        if isinstance(self.screen, DashboardScreen) and self.screen.view.running:
+            self.farewell = t("dashboard.farewell", run=str(self.screen.run_folder))
         await super().action_quit()
 
     # ----------------------------------------------------------------------------- the draft
@@ -209,6 +250,10 @@ class WizardApp(App[FollowUp | None]):
         if self.settings.remember_output_dir(folder if folder.is_absolute() else Path.cwd() / folder):
             save_settings(self.settings, self.data_folder)
 
+    def remember_webui_dir(self, folder: Path) -> None:
+        self.settings.webui_dir = str(Path(folder).expanduser().resolve())
+        save_settings(self.settings, self.data_folder)
+
     def _remember_theme(self, theme) -> None:
         if theme.name in self.themes and self.settings.theme != theme.name:
             self.settings.theme = theme.name
@@ -252,7 +297,27 @@ def run_app(answers_file: Path | None = None) -> int:
     from engine.config import load_answers
 
     answers = load_answers(answers_file) if answers_file is not None else None
-    return run_follow_up(WizardApp(answers=answers).run() or [])
+    app = WizardApp(answers=answers)
+    follow_up = app.run() or []
+    if app.farewell:
+        print(app.farewell)
+    return run_follow_up(follow_up)
+
+
+def run_dashboard(run_folder: Path) -> int:
+    """`lora-wizard attach RUN` on a terminal: the run's dashboard; then what it left for (a
+    resume). The exit status is the run's, as plain `attach` gives it."""
+    from engine.runs import run_status
+    from tui_lora.commands.attach import EXIT_CODES
+
+    app = WizardApp(attach=run_folder)
+    follow_up = app.run() or []
+    if app.farewell:
+        print(app.farewell)
+    if follow_up:
+        return run_follow_up(follow_up)
+    state = run_status(run_folder).state
+    return 0 if state == "running" else EXIT_CODES.get(state, 1)
 
 
 def run_follow_up(commands: FollowUp) -> int:

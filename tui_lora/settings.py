@@ -24,6 +24,7 @@ class Settings:
     theme: str | None = None
     language: str | None = None  # None: from the locale
     output_dirs: list[str] = field(default_factory=list)  # newest first
+    webui_dir: str | None = None  # where the last finished LoRA was copied (a web UI's folder)
 
     def remember_output_dir(self, folder: Path) -> bool:
         """Put `folder` first in the list; True when the list changed."""
@@ -43,18 +44,20 @@ def load_settings(folder: Path | None = None) -> Settings:
         data = tomllib.loads(settings_path(folder).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return Settings()
-    theme, language, dirs = data.get("theme"), data.get("language"), data.get("output_dirs", [])
+    theme, language, dirs, webui = data.get("theme"), data.get("language"), data.get("output_dirs", []), data.get("webui_dir")
     return Settings(
         theme=theme if isinstance(theme, str) else None,
         language=language if isinstance(language, str) else None,
         output_dirs=[d for d in dirs if isinstance(d, str)] if isinstance(dirs, list) else [],
+        webui_dir=webui if isinstance(webui, str) else None,
     )
 
 
 def save_settings(settings: Settings, folder: Path | None = None) -> Path:
     import tomli_w
 
-    data = {"theme": settings.theme, "language": settings.language, "output_dirs": settings.output_dirs}
+    data = {"theme": settings.theme, "language": settings.language, "output_dirs": settings.output_dirs,
+            "webui_dir": settings.webui_dir}
     path = settings_path(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, tomli_w.dumps({k: v for k, v in data.items() if v is not None}))

@@ -1,4 +1,5 @@
-"""`lora-wizard attach RUN_DIR`: follow a run's events as plain progress lines until it ends.
+"""`lora-wizard attach RUN_DIR`: follow a run. On a terminal, the dashboard; otherwise (or with
+`--plain`) plain progress lines until the run ends.
 
 Exit status: 0 finished, 1 failed or stopped unexpectedly (the resume command is printed),
 130 interrupted.
@@ -22,36 +23,22 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def describe(event: dict) -> str | None:
-    kind = event["kind"]
-    if kind == "started":
-        return f"started: {event['total_steps']} steps, {event['epochs']} epochs"
-    if kind == "ready":
-        return f"training on {event['device']} ({event['precision']})"
-    if kind == "step":
-        return f"step {event['step']}/{event['total_steps']}  epoch {event['epoch']}  loss {event['loss']:.4f}  lr {event['lr']:.2e}"
-    if kind == "epoch":
-        return f"epoch {event['epoch']}/{event['epochs']} done"
-    if kind in ("checkpoint", "saved"):
-        return f"{kind}: {event['path']}"
-    if kind == "resumed":
-        return f"resumed from step {event['step']}"
-    if kind == "finished":
-        return f"finished: {event['lora']}"
-    if kind == "failed":
-        return f"failed: {event['message']}\n  remedy: {event.get('remedy', '')}"
-    if kind == "interrupted":
-        return f"interrupted at step {event['step']} ({event['reason']})"
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
-    from engine.events import follow_events
-    from engine.runs import engine_running, run_status
-
     folder = args.run_dir
     if not (folder / "events.jsonl").is_file():
         raise UserError("this run has no events.jsonl", where=folder, fix="give a `<name>.run` folder")
+    if not args.plain and sys.stdin.isatty() and sys.stdout.isatty():
+        from tui_lora.app import run_dashboard
+
+        return run_dashboard(folder)
+    return follow_plain(folder)
+
+
+def follow_plain(folder: Path) -> int:
+    from engine.events import follow_events
+    from engine.runs import engine_running, run_status
+    from tui_lora.run_view import describe
+
     for event in follow_events(folder / "events.jsonl", keep_going=lambda: engine_running(folder)):
         line = describe(event)
         if line:

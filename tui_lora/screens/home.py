@@ -1,8 +1,8 @@
 """Home: the runs found under the output folders used before, and a new LoRA.
 
-A run can be attached (follow it), resumed (interrupted, failed or stopped unexpectedly), or
-opened (its answers become the start of a new LoRA). Attach and resume leave the wizard and run
-`lora-wizard attach` / `lora-wizard resume --detach` in this terminal.
+A run can be attached (its dashboard), resumed (interrupted, failed or stopped unexpectedly), or
+opened (its answers become the start of a new LoRA). Resume leaves the wizard and runs
+`lora-wizard resume --detach` then `lora-wizard attach` (the dashboard again) in this terminal.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class HomeScreen(Screen):
     def action_attach(self) -> None:
         selected = self.selected_run()
         if selected:
-            self.app.leave_for([["attach", str(selected[0])]])
+            self.app.open_dashboard(selected[0])
 
     def action_resume(self) -> None:
         selected = self.selected_run()
