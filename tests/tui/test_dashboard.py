@@ -20,23 +20,13 @@ from dashboard_support import (
     recorded_run,
     write_events,
 )
-from wizard_support import anyio_backend, screen_text, shown, simulated_facts  # noqa: F401
+from wizard_support import anyio_backend, english_locale, screen_text, shown, simulated_facts  # noqa: F401
 
 from engine.runs import RunLock
 from tui_lora.finish import copy_lora, finished_lora, lora_folder_in
-from tui_lora.i18n import set_language
 from tui_lora.run_view import RunView, format_duration, smooth
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def english(monkeypatch):
-    monkeypatch.setenv("LANG", "en_US.UTF-8")
-    monkeypatch.delenv("LC_ALL", raising=False)
-    monkeypatch.delenv("LC_MESSAGES", raising=False)
-    yield
-    set_language("en")
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("english_locale")]
 
 
 def dashboard_app(data: Path, run: Path, now: float, *, attach: bool = True):

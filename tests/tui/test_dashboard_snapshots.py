@@ -11,21 +11,12 @@ import time
 
 import pytest
 from dashboard_support import FixedMonitor, events_until, recorded_run
-from wizard_support import simulated_facts
+from wizard_support import english_locale, simulated_facts  # noqa: F401
 
 from engine.runs import RunLock
-from tui_lora.i18n import set_language
 
+pytestmark = pytest.mark.usefixtures("english_locale")
 SIZES = [(80, 24), (120, 40)]
-
-
-@pytest.fixture(autouse=True)
-def english(monkeypatch):
-    monkeypatch.setenv("LANG", "en_US.UTF-8")
-    monkeypatch.delenv("LC_ALL", raising=False)
-    monkeypatch.delenv("LC_MESSAGES", raising=False)
-    yield
-    set_language("en")
 
 
 def checkpoint_at(step: int):
