@@ -54,9 +54,10 @@ FollowUp = list[list[str]]  # `lora-wizard` argument lists to run after the app
 
 
 def spawn_engine(folder: Path) -> int:
-    from engine.runs import spawn_detached
+    """The engine on a run folder, detached: one process per `[training] processes`."""
+    from engine.runs import load_run_answers, spawn_detached
 
-    return spawn_detached(folder)
+    return spawn_detached(folder, processes=load_run_answers(folder).training.processes)
 
 
 def gather_machine_facts(output_dir: Path):

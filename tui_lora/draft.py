@@ -23,6 +23,7 @@ DRAFT_FILE = "draft.json"
 DRAFT_FORMAT = 1
 
 HOME = "home"
+MODEL_FAMILY = "model_family"  # the choices key the Model step keeps the model's family in
 STEPS = ("environment", "model", "dataset", "parameters", "review")
 
 
@@ -96,6 +97,28 @@ class Draft:
             return False
         self.set(key, value, by_user=False)
         return True
+
+    def apply_defaults(self, defaults: dict[str, Any]) -> list[str]:
+        """`set_default` for each `section.key` (None: the schema's default); returns the keys
+        whose value changed. Keys the user chose keep their values."""
+        changed = []
+        for key, value in defaults.items():
+            before = self.get(key)
+            if self.set_default(key, value) and self.get(key) != before:
+                changed.append(key)
+        return changed
+
+    @property
+    def model_family(self) -> str | None:
+        """The base model's family as the Model step read it ("sd1", "sd2", "sdxl"), if it did."""
+        return self.choices.get(MODEL_FAMILY)
+
+    @model_family.setter
+    def model_family(self, family: str | None) -> None:
+        if family is None:
+            self.choices.pop(MODEL_FAMILY, None)
+        else:
+            self.choices[MODEL_FAMILY] = family
 
     def build_answers(self, cwd: Path | None = None) -> Answers:
         """The answers, validated by the engine's schema (raises `AnswersError` listing every

@@ -19,11 +19,16 @@ from tui_lora.i18n import has_message, t
 Kind = Literal["int", "float", "text", "path", "choice", "bool", "first_of_list"]
 
 
+# When a field is shown only in some cases (tui_lora/screens/parameters.py decides them).
+Condition = Literal["several_gpus", "sdxl"]
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     key: str  # "training.batch_size"
     kind: Kind
     optional: bool = False  # an empty entry means the schema's default (None)
+    shown_when: Condition | None = None  # None: always shown
 
     @property
     def section(self) -> str:
@@ -51,6 +56,8 @@ class FieldSpec:
 PARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
     "training": (
         FieldSpec("training.batch_size", "int"),
+        # Only on a machine with more than one GPU: one process per GPU.
+        FieldSpec("training.processes", "int", shown_when="several_gpus"),
         FieldSpec("training.epochs", "int"),
         FieldSpec("training.max_steps", "int", optional=True),
         FieldSpec("dataset.resolution", "int", optional=True),
@@ -63,6 +70,8 @@ PARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
     "optimizer": (
         FieldSpec("training.unet_lr", "float"),
         FieldSpec("training.text_encoder_lr", "float"),
+        # SDXL's second text encoder (OpenCLIP bigG) may have its own rate.
+        FieldSpec("training.text_encoder_2_lr", "float", optional=True, shown_when="sdxl"),
         FieldSpec("training.lr_scheduler", "choice"),
         FieldSpec("training.warmup_steps", "int"),
         FieldSpec("training.optimizer", "choice"),

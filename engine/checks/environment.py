@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
+from engine.checks.defaults import family_defaults, trains_text_encoder_by_default
 from engine.checks.estimate import ComputeDevice, GiB, TrainingSetup, ram_needed_to_load, vram_needed
 
 Status = Literal["ok", "warn", "fail"]
@@ -41,6 +42,8 @@ OPTIONAL_PACKAGES: dict[str, str] = {
     "xformers": "optional; torch's built-in attention makes it unnecessary",
     "prodigyopt": "optional, only for optimizer = prodigy",
 }
+# What each optimizer needs beyond torch: (package, minimum version).
+OPTIMIZER_PACKAGES: dict[str, tuple[str, str]] = {"adamw8bit": ("bitsandbytes", "0.43"), "prodigy": ("prodigyopt", "1.0")}
 
 # The seed article: batch size 1 when the card has less than 10 GB. Cards sold as 8 GB report
 # 8 GiB and 10 GB cards report 10 GiB, hence the line between them.
@@ -137,15 +140,39 @@ class Recommendations:
     ram_swap_source: str
     reasons: tuple[str, ...]
     warnings: tuple[str, ...] = ()
+    family: str = "sd1"  # the model family the settings are for
+    processes: int = 1  # data-parallel processes: one per GPU like the training GPU
+    process_gpus: tuple[int, ...] = ()  # the GPUs (NVML indices) the processes would use
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    train_text_encoder: bool = True  # what the fit assumed (SDXL: the UNet only)
+    gradient_accumulation: int = 1  # what the effective batch assumed
+
+    @property
+    def effective_batch(self) -> int:
+        """Images per optimizer step: batch size x processes x gradient accumulation."""
+        return self.batch_size * self.processes * self.gradient_accumulation
 
     def training_defaults(self) -> dict[str, object]:
         """The keys of the answers file's [training] section these settings fill in."""
         return {
             "batch_size": self.batch_size,
+            "processes": self.processes,
             "mixed_precision": self.mixed_precision,
             "gradient_checkpointing": self.gradient_checkpointing,
+            "optimizer": self.optimizer,
             "cache_latents": self.cache_latents,
         }
+
+    def answers_defaults(self) -> dict[str, object]:
+        """Every answers key these settings and the model family decide, as `section.key`
+        (None: the schema's default): what the wizard starts a new LoRA from. Precision is not
+        among them: an answers file keeps `auto`, which the engine resolves on the machine that
+        trains (`mixed_precision` says what that is here)."""
+        defaults: dict[str, object] = family_defaults(self.family)
+        defaults["network.train_text_encoder"] = self.train_text_encoder
+        training = {key: value for key, value in self.training_defaults().items() if key != "mixed_precision"}
+        defaults.update({f"training.{key}": value for key, value in training.items()})
+        return defaults
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,17 +324,42 @@ def gib(size: int | float) -> str:
 # Which GPU trains, and with what
 
 
+def visible_gpus(facts: MachineFacts) -> tuple[GpuFacts, ...]:
+    """The GPUs CUDA would use, in the order CUDA_VISIBLE_DEVICES names them (NVML ignores that
+    variable and lists every GPU; torch lists only the visible ones, so its list is kept)."""
+    if facts.cuda_visible_devices is None or facts.driver.status != "ok":
+        return facts.gpus
+    chosen: list[GpuFacts] = []
+    for name in facts.cuda_visible_devices.split(","):
+        name = name.strip()
+        gpu = next((g for g in facts.gpus if name and (name == str(g.index) or (g.uuid and g.uuid.startswith(name)))), None)
+        if gpu is None:
+            break  # CUDA stops at the first entry it cannot match
+        if gpu not in chosen:
+            chosen.append(gpu)
+    return tuple(chosen)
+
+
 def training_gpu(facts: MachineFacts) -> GpuFacts | None:
-    """The GPU a run uses: the first one CUDA_VISIBLE_DEVICES names (NVML ignores that variable),
-    else the first one."""
+    """The GPU a run uses: the first one CUDA_VISIBLE_DEVICES names, else the first one."""
     if not facts.gpus:
         return None
-    visible = (facts.cuda_visible_devices or "").split(",")[0].strip()
-    if facts.cuda_visible_devices is not None and visible:
-        for gpu in facts.gpus:
-            if visible == str(gpu.index) or (gpu.uuid and gpu.uuid.startswith(visible)):
-                return gpu
-    return facts.gpus[0]
+    visible = visible_gpus(facts)
+    return visible[0] if visible else facts.gpus[0]
+
+
+def alike(gpu: GpuFacts, other: GpuFacts) -> bool:
+    """The same model with the same memory: data-parallel processes run in lock step, each
+    with the same batch, so a slower or smaller GPU would hold the others back."""
+    return gpu.name == other.name and abs(gpu.vram_total - other.vram_total) < GiB // 2
+
+
+def data_parallel_gpus(facts: MachineFacts) -> tuple[GpuFacts, ...]:
+    """The visible GPUs like the training GPU: one process each. Empty when CUDA is not usable."""
+    gpu = training_gpu(facts)
+    if gpu is None or not facts.torch.cuda_available:
+        return ()
+    return tuple(other for other in visible_gpus(facts) if alike(gpu, other)) or (gpu,)
 
 
 def training_device(facts: MachineFacts) -> ComputeDevice:
@@ -333,37 +385,104 @@ def recommend(
     family: str = "sd1",
     resolution: int | None = None,
     network_dim: int = 8,
-    train_text_encoder: bool = True,
+    train_text_encoder: bool | None = None,
+    gradient_accumulation: int = 1,
 ) -> Recommendations:
-    """Settings that fit this machine for a model family, with the reason for each."""
+    """Settings that fit this machine for a model family, with the reason for each.
+    `train_text_encoder` None: the family's default (SDXL trains the UNet only)."""
+    if train_text_encoder is None:
+        train_text_encoder = trains_text_encoder_by_default(family)
     device = training_device(facts)
     ram_needed, ram_source = ram_needed_to_load(family, facts.platform)
     warnings = _ram_warnings(facts, ram_needed, ram_source)
     cached = "latents cached in memory: the VAE encoder costs more than the UNet forward pass (performance-facts.md)"
-    common = {"device": device.kind, "device_name": device.name, "cache_latents": "memory", "ram_swap_needed": ram_needed, "ram_swap_source": ram_source}
+    common = {
+        "device": device.kind, "device_name": device.name, "cache_latents": "memory", "ram_swap_needed": ram_needed,
+        "ram_swap_source": ram_source, "family": family, "train_text_encoder": train_text_encoder,
+        "gradient_accumulation": gradient_accumulation,
+    }
+    family_reasons = _family_reasons(family, train_text_encoder)
     gpu = training_gpu(facts)
     if device.kind in ("cpu", "mps") or gpu is None:
         where = "Apple GPU (MPS): untested by lora-wizard" if device.kind == "mps" else "no usable GPU: training runs on the CPU"
         return Recommendations(
             **common, batch_size=1, mixed_precision="no", gradient_checkpointing=False, half_precision_frozen_weights=False,
-            fits=None, reasons=(f"{where}, in fp32 at batch size 1", cached), warnings=warnings,
+            fits=None, reasons=(f"{where}, in fp32 at batch size 1", *family_reasons, cached), warnings=warnings,
         )
-    base = TrainingSetup(family=family, resolution=resolution, network_dim=network_dim, train_text_encoder=train_text_encoder)
-    setup, reasons = _fit_to_vram(base, gpu)
-    fits = vram_needed(setup) <= usable_vram(gpu)
+    gpus = data_parallel_gpus(facts)
+    tightest = min(gpus, key=usable_vram)  # every process holds the same batch: the fullest GPU decides
+    base = TrainingSetup(
+        family=family, resolution=resolution, network_dim=network_dim, train_text_encoder=train_text_encoder,
+        gradient_accumulation=gradient_accumulation, processes=len(gpus),
+    )
+    setup, reasons = _fit_to_vram(base, tightest, eight_bit_optimizer=_bitsandbytes_usable(facts))
+    fits = vram_needed(setup) <= usable_vram(tightest)
     if not fits:
         warnings += (
             f"{setup.cost.label} needs about {gib(vram_needed(setup))} even at batch size 1 with every saving; "
-            f"this GPU has {gib(gpu.vram_total)}: expect it to run out of memory",
+            f"this GPU has {gib(tightest.vram_total)}: expect it to run out of memory",
         )
     precision = "bf16" if gpu.supports_bf16 else "fp16"
     capability = ".".join(map(str, gpu.compute_capability)) if gpu.compute_capability else "unknown"
     why_precision = "supports bf16 (no loss scaling needed)" if precision == "bf16" else "has no bf16 (needs 8.0)"
+    processes_reasons = _processes_reasons(facts, gpus, setup)
     return Recommendations(
         **common, batch_size=setup.batch_size, mixed_precision=precision,
         gradient_checkpointing=setup.gradient_checkpointing, half_precision_frozen_weights=setup.half_precision_frozen_weights,
-        fits=fits, reasons=(f"{precision}: compute capability {capability} {why_precision}", *reasons, cached), warnings=warnings,
+        optimizer=setup.optimizer, processes=len(gpus), process_gpus=tuple(g.index for g in gpus), fits=fits,
+        reasons=(f"{precision}: compute capability {capability} {why_precision}", *reasons, *processes_reasons, *family_reasons, cached),
+        warnings=warnings,
     )
+
+
+def _bitsandbytes_usable(facts: MachineFacts) -> bool:
+    """8-bit AdamW can run: bitsandbytes new enough, on an NVIDIA GPU that torch can use."""
+    package, minimum = OPTIMIZER_PACKAGES["adamw8bit"]
+    version = facts.packages.get(package)
+    usable_version = version is not None and version_tuple(version) >= version_tuple(minimum)
+    return usable_version and facts.torch.build == "cuda" and facts.torch.cuda_available
+
+
+def _family_reasons(family: str, train_text_encoder: bool) -> tuple[str, ...]:
+    if family != "sdxl":
+        return ()
+    defaults = family_defaults("sdxl")
+    encoders = (
+        "the UNet only, text-encoder outputs cached: kohya's memory-saving default for SDXL"
+        if not train_text_encoder
+        else "text encoders trained too: kohya recommends the UNet only for SDXL (and it needs more VRAM)"
+    )
+    return (
+        f"SDXL: {defaults['dataset.resolution']} px, buckets up to {defaults['dataset.max_bucket']} "
+        f"(kohya's SDXL settings), unet_lr {defaults['training.unet_lr']:g}, text encoders {defaults['training.text_encoder_lr']:g}",
+        encoders,
+    )
+
+
+def _processes_reasons(facts: MachineFacts, gpus: tuple[GpuFacts, ...], setup: TrainingSetup) -> tuple[str, ...]:
+    """Why `processes` is what it is; nothing to say with one GPU."""
+    visible = visible_gpus(facts)
+    if len(visible) < 2:
+        return ()
+    n = len(gpus)
+    effective = (
+        f"effective batch = batch size {setup.batch_size} x {n} processes x accumulation {setup.gradient_accumulation} "
+        f"= {setup.effective_batch} images per optimizer step"
+    )
+    reasons = [
+        f"processes {n}: one per {gpus[0].name} (data-parallel through torchrun); {effective}, so an epoch takes "
+        f"{n}x fewer steps (kohya's convention: learning rates are not scaled)"
+        if n > 1
+        else f"processes 1: no other GPU is like the training GPU {gpus[0].index} ({gpus[0].name}); {effective}"
+    ]
+    others = [g for g in visible if g not in gpus]
+    if others:
+        listed = ", ".join(f"GPU {g.index} ({g.name}, {gib(g.vram_total)})" for g in others)
+        reasons.append(
+            f"not counted: {listed}; processes run in lock step with the same batch each, so a GPU unlike "
+            f"the training GPU {gpus[0].index} would hold the others back or run out of memory"
+        )
+    return tuple(reasons)
 
 
 # From the cheapest to the most costly way of saving memory: fp32 frozen weights and no
@@ -375,8 +494,10 @@ _MEMORY_PLANS = (
 )
 
 
-def _fit_to_vram(base: TrainingSetup, gpu: GpuFacts) -> tuple[TrainingSetup, list[str]]:
-    """The largest batch, then the cheapest memory plan, whose estimate fits the card."""
+def _fit_to_vram(base: TrainingSetup, gpu: GpuFacts, *, eight_bit_optimizer: bool = False) -> tuple[TrainingSetup, list[str]]:
+    """The largest batch, then the cheapest memory plan, whose estimate fits the card. When even
+    batch size 1 needs gradient checkpointing, every saving is used: 8-bit AdamW too where
+    bitsandbytes works (kohya's advice for SDXL on 8-12 GB cards)."""
     usable = usable_vram(gpu)
     room = f"{gib(usable)} usable of {gib(gpu.vram_total)}"
     small = gpu.vram_total < SMALL_VRAM
@@ -390,11 +511,18 @@ def _fit_to_vram(base: TrainingSetup, gpu: GpuFacts) -> tuple[TrainingSetup, lis
                     offered = ", ".join(map(str, sorted(BATCH_SIZES)))
                     why_batch = f"batch size {batch}: the largest of {offered} that fits {room}"
                 return setup, [why_batch, *_plan_reasons(setup, room)]
-    setup = replace(base, batch_size=1, half_precision_frozen_weights=True, gradient_checkpointing=True)
+    optimizer = "adamw8bit" if eight_bit_optimizer else "adamw"
+    setup = replace(base, batch_size=1, half_precision_frozen_weights=True, gradient_checkpointing=True, optimizer=optimizer)
+    why_optimizer = (
+        "8-bit AdamW (bitsandbytes): smaller optimizer state, every megabyte counts here"
+        if eight_bit_optimizer
+        else "AdamW: 8-bit AdamW would save a little more, but bitsandbytes is not usable here (pip install bitsandbytes, NVIDIA only)"
+    )
     return setup, [
         "batch size 1: the smallest there is",
         f"gradient checkpointing on: batch size 1 does not fit {room} without it (~18% slower)",
         "half-precision frozen weights: fp32 weights do not fit",
+        why_optimizer,
     ]
 
 
@@ -421,6 +549,7 @@ def machine_items(facts: MachineFacts, recommendations: Recommendations | None =
     recommendations = recommendations or recommend(facts)
     items = [_python_item(facts), _torch_item(facts), _cuda_item(facts), _driver_item(facts)]
     items += [_gpu_item(facts, gpu) for gpu in facts.gpus]
+    items += _processes_items(facts, recommendations)
     items += [_cpu_item(facts), _memory_item(facts, recommendations), disk_item(facts.disk_path, facts.disk_free, "disk", "system")]
     items += [_package_item(name, facts.packages.get(name), minimum) for name, minimum in REQUIRED_PACKAGES.items()]
     items += [_optional_package_item(name, facts.packages.get(name), use) for name, use in OPTIONAL_PACKAGES.items()]
@@ -534,6 +663,28 @@ def _gpu_item(facts: MachineFacts, gpu: GpuFacts) -> CheckItem:
     if gpu.compute_capability is not None and gpu.compute_capability < (7, 0):
         return CheckItem(item_id, "gpu", title, "warn", summary + ": old and slow for training", "a GPU of compute capability 7.0 or newer trains far faster")
     return CheckItem(item_id, "gpu", title, "ok", summary)
+
+
+def _processes_items(facts: MachineFacts, recommendations: Recommendations) -> list[CheckItem]:
+    """With more than one GPU that torch can use: how many processes train together."""
+    visible = visible_gpus(facts)
+    if len(visible) < 2 or not facts.torch.cuda_available:
+        return []
+    n = recommendations.processes
+    used = ("GPU " if n == 1 else "GPUs ") + ", ".join(map(str, recommendations.process_gpus))
+    summary = (
+        f"{len(visible)} GPUs: processes = {n} ({used}), effective batch {recommendations.batch_size} x {n} "
+        f"x {recommendations.gradient_accumulation} = {recommendations.effective_batch}"
+    )
+    if n == len(visible):
+        return [CheckItem("processes", "gpu", "Several GPUs", "ok", summary)]
+    names = ",".join(g.uuid or str(g.index) for g in visible if g.index in recommendations.process_gpus)
+    return [
+        CheckItem(
+            "processes", "gpu", "Several GPUs", "warn", summary + "; the GPUs differ, only those like the training GPU are counted",
+            f"set CUDA_VISIBLE_DEVICES={names} so that the processes use these GPUs",
+        )
+    ]
 
 
 def _cpu_item(facts: MachineFacts) -> CheckItem:

@@ -4,7 +4,7 @@ Every number below is data with its source in a comment: a published figure, ari
 or a measurement of this project (bench/step_time.py). The model is deliberately small:
 
     VRAM  = CUDA context + frozen weights (2 or 4 bytes a parameter)
-            + LoRA parameters x 16 bytes (fp32 weight, gradient, two AdamW moments)
+            + LoRA parameters x 16 bytes (fp32 weight, gradient, two AdamW moments; 10 with 8-bit AdamW)
             + activations per image x batch size x (resolution / family resolution)^2
     time  = TFLOP per image x batch / (GPU peak TFLOP/s x utilization(batch)) + fixed overhead,
             times gradient accumulation; on a CPU, the measured TFLOP/s per core instead.
@@ -66,8 +66,11 @@ FAMILY_COSTS: dict[str, FamilyCost] = {
 
 # The CUDA context plus cuBLAS / cuDNN workspaces of one process (assumed, typically 0.3-0.6 GB).
 CUDA_CONTEXT_GIB = 0.5
-# fp32 LoRA weight + gradient + AdamW's two moments (4 + 4 + 8 bytes).
-BYTES_PER_TRAINED_PARAM = 16
+# Bytes a trained (LoRA) parameter costs with each optimizer: its fp32 weight and gradient (4 + 4)
+# plus the optimizer's state. AdamW: two fp32 moments (8). bitsandbytes' 8-bit AdamW: two 8-bit
+# moments (2; its per-block scales are a few bytes per 2,048 values). Prodigy: two moments and
+# its `s` and `p0` copies (16).
+BYTES_PER_TRAINED_PARAM = {"adamw": 16, "adamw8bit": 10, "prodigy": 24}
 # Gradient checkpointing costs ~18% speed (performance-facts.md).
 CHECKPOINTING_SLOWDOWN = 1 / (1 - 0.18)
 # fp32 instead of fp16 mixed precision: 2.2x slower on a T4 (performance-facts.md).
@@ -156,10 +159,18 @@ class TrainingSetup:
     cache_latents: bool = True
     network_dim: int = 8
     train_text_encoder: bool = True
+    optimizer: str = "adamw"  # a key of BYTES_PER_TRAINED_PARAM
+    processes: int = 1  # data-parallel processes, one GPU each; the figures are per process
 
     @property
     def cost(self) -> FamilyCost:
         return FAMILY_COSTS[self.family]
+
+    @property
+    def effective_batch(self) -> int:
+        """Images per optimizer step: batch size x processes x gradient accumulation (kohya's
+        total batch size)."""
+        return self.batch_size * self.processes * self.gradient_accumulation
 
     @property
     def pixels_scale(self) -> float:
@@ -192,7 +203,7 @@ def training_memory(setup: TrainingSetup) -> int:
     per_rank = cost.lora_params_per_rank_unet + (cost.lora_params_per_rank_text_encoders if setup.train_text_encoder else 0)
     activations = cost.activations_checkpointed_gib if setup.gradient_checkpointing else cost.activations_gib
     total = cost.frozen_params * weight_bytes
-    total += per_rank * setup.network_dim * BYTES_PER_TRAINED_PARAM
+    total += per_rank * setup.network_dim * BYTES_PER_TRAINED_PARAM[setup.optimizer]
     total += activations * GiB * setup.batch_size * setup.pixels_scale
     return int(total)
 
@@ -261,6 +272,12 @@ def estimate(setup: TrainingSetup, device: ComputeDevice, steps: int | None = No
         notes.append("latents are not cached: the VAE encodes every image every step")
     if device.kind == "cpu":
         notes.append("training on the CPU: expect hours where a GPU takes minutes")
+    if setup.processes > 1:
+        notes.append(
+            f"{setup.processes} processes: VRAM and time are per process and step; each step trains "
+            f"{setup.effective_batch} images (batch size x processes x accumulation), so a run has "
+            f"{setup.processes}x fewer steps (the gradient exchange between GPUs is not counted)"
+        )
     return Estimate(
         setup=setup,
         vram_needed=vram_needed(setup) if on_gpu else None,

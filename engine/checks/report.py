@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.checks.environment import (
+    OPTIMIZER_PACKAGES,
     CheckItem,
     MachineFacts,
     Recommendations,
@@ -26,6 +27,7 @@ from engine.checks.environment import (
     training_gpu,
     usable_vram,
     version_tuple,
+    visible_gpus,
     worst,
 )
 from engine.checks.estimate import FAMILY_COSTS, Estimate, TrainingSetup, estimate
@@ -58,14 +60,23 @@ class CheckReport:
         return report_to_dict(self)
 
 
-def run_checks(answers: Answers | None = None, *, answers_file: str | Path | None = None, facts: MachineFacts | None = None) -> CheckReport:
+def run_checks(
+    answers: Answers | None = None,
+    *,
+    answers_file: str | Path | None = None,
+    facts: MachineFacts | None = None,
+    family: str | None = None,
+) -> CheckReport:
     """Check the machine, and the run an answers file describes. Problems become items with a
-    remedy; nothing here raises for a missing GPU, driver, model or folder."""
+    remedy; nothing here raises for a missing GPU, driver, model or folder. Without answers,
+    `family` says which model family the recommendations are for (default SD 1.x); with
+    answers, the base model decides."""
     if facts is None:
         facts = gather_facts(answers.output.dir if answers else None)
     if answers is None:
-        recommendations = recommend(facts)
-        setup = _recommended_setup(recommendations, DEFAULT_FAMILY, None)
+        family = family if family in FAMILY_COSTS else DEFAULT_FAMILY
+        recommendations = recommend(facts, family=family)
+        setup = _recommended_setup(recommendations, family, None)
         items = machine_items(facts, recommendations)
         return CheckReport(facts, tuple(items), recommendations, estimate(setup, training_device(facts)))
     run_items, family, steps = _model_and_dataset_items(answers)
@@ -75,12 +86,14 @@ def run_checks(answers: Answers | None = None, *, answers_file: str | Path | Non
         resolution=answers.dataset.resolution,
         network_dim=answers.network.dim,
         train_text_encoder=answers.network.train_text_encoder,
+        gradient_accumulation=answers.training.gradient_accumulation,
     )
     run_estimate = estimate(_answers_setup(answers, family, recommendations), training_device(facts), steps)
     run_items += [
         *_output_items(answers),
         _precision_item(answers, recommendations),
         _optimizer_item(answers, facts),
+        _processes_item(answers, facts, recommendations),
         estimate_item(run_estimate, facts),
     ]
     items = machine_items(facts, recommendations) + run_items
@@ -168,15 +181,11 @@ def _precision_item(answers: Answers, recommendations: Recommendations) -> Check
     return CheckItem("run.precision", "run", title, "ok", chosen)
 
 
-# What each optimizer needs beyond torch.
-_OPTIMIZER_PACKAGES = {"adamw8bit": ("bitsandbytes", "0.43"), "prodigy": ("prodigyopt", "1.0")}
-
-
 def _optimizer_item(answers: Answers, facts: MachineFacts) -> CheckItem:
     optimizer = answers.training.optimizer
-    if optimizer not in _OPTIMIZER_PACKAGES:
+    if optimizer not in OPTIMIZER_PACKAGES:
         return CheckItem("run.optimizer", "run", "Optimizer", "ok", optimizer)
-    package, minimum = _OPTIMIZER_PACKAGES[optimizer]
+    package, minimum = OPTIMIZER_PACKAGES[optimizer]
     version = facts.packages.get(package)
     if version is None or version_tuple(version) < version_tuple(minimum):
         found = "not installed" if version is None else f"{version} is too old"
@@ -184,6 +193,33 @@ def _optimizer_item(answers: Answers, facts: MachineFacts) -> CheckItem:
     if optimizer == "adamw8bit" and not facts.torch.cuda_available:
         return CheckItem("run.optimizer", "run", "Optimizer", "fail", "adamw8bit (bitsandbytes) needs a CUDA GPU", "set [training] optimizer = \"adamw\"")
     return CheckItem("run.optimizer", "run", "Optimizer", "ok", f"{optimizer} ({package} {version})")
+
+
+def _processes_item(answers: Answers, facts: MachineFacts, recommendations: Recommendations) -> CheckItem:
+    """Whether this machine has a GPU for each of the run's processes."""
+    processes = answers.training.processes
+    title = "Processes"
+    training = answers.training
+    effective = f"effective batch {training.batch_size} x {processes} x {training.gradient_accumulation} = {training.batch_size * processes * training.gradient_accumulation}"
+    if recommendations.device in ("cpu", "mps"):
+        if processes == 1:
+            return CheckItem("run.processes", "run", title, "ok", "1 (no GPU)")
+        return CheckItem(
+            "run.processes", "run", title, "warn", f"{processes} CPU processes (gloo): {effective}; slower than one, for testing",
+            "set [training] processes = 1 on a machine without a GPU",
+        )
+    gpus = len(visible_gpus(facts))
+    if processes > gpus:  # one process per GPU of this machine (several machines: per machine)
+        return CheckItem(
+            "run.processes", "run", title, "fail", f"{processes} processes, but this machine has {gpus} usable GPU{'s' if gpus != 1 else ''}",
+            f"set [training] processes = {recommendations.processes}",
+        )
+    if processes < recommendations.processes:
+        return CheckItem(
+            "run.processes", "run", title, "ok",
+            f"{processes}; {effective} (processes = {recommendations.processes} would use every GPU like the training GPU)",
+        )
+    return CheckItem("run.processes", "run", title, "ok", f"{processes}; {effective}")
 
 
 def estimate_item(run_estimate: Estimate, facts: MachineFacts) -> CheckItem:
@@ -215,6 +251,9 @@ def _recommended_setup(recommendations: Recommendations, family: str, resolution
         gradient_checkpointing=recommendations.gradient_checkpointing,
         half_precision_frozen_weights=recommendations.half_precision_frozen_weights,
         cache_latents=True,
+        train_text_encoder=recommendations.train_text_encoder,
+        optimizer=recommendations.optimizer,
+        processes=recommendations.processes,
     )
 
 
@@ -231,6 +270,8 @@ def _answers_setup(answers: Answers, family: str, recommendations: Recommendatio
         cache_latents=training.cache_latents != "off",
         network_dim=answers.network.dim,
         train_text_encoder=answers.network.train_text_encoder,
+        optimizer=training.optimizer,
+        processes=training.processes,
     )
 
 
@@ -283,6 +324,13 @@ def report_to_dict(report: CheckReport) -> dict[str, Any]:
             "cache_latents": rec.cache_latents,
             "fits_in_vram": rec.fits,
             "ram_swap_needed_bytes": rec.ram_swap_needed,
+            "family": rec.family,
+            "processes": rec.processes,
+            "process_gpus": list(rec.process_gpus),
+            "effective_batch_size": rec.effective_batch,
+            "optimizer": rec.optimizer,
+            "train_text_encoder": rec.train_text_encoder,
+            "answers_defaults": rec.answers_defaults(),
             "reasons": list(rec.reasons),
             "warnings": list(rec.warnings),
         },
@@ -291,6 +339,10 @@ def report_to_dict(report: CheckReport) -> dict[str, Any]:
             "resolution": est.setup.resolution or est.setup.cost.resolution,
             "batch_size": est.setup.batch_size,
             "gradient_accumulation": est.setup.gradient_accumulation,
+            "processes": est.setup.processes,
+            "effective_batch_size": est.setup.effective_batch,
+            "optimizer": est.setup.optimizer,
+            "train_text_encoder": est.setup.train_text_encoder,
             "mixed_precision": est.setup.mixed_precision,
             "gradient_checkpointing": est.setup.gradient_checkpointing,
             "half_precision_frozen_weights": est.setup.half_precision_frozen_weights,

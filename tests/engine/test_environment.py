@@ -53,6 +53,7 @@ CARD_8GB = card("NVIDIA GeForce RTX 2080", 8, (7, 5))
 CARD_12GB = card("NVIDIA GeForce RTX 3060", 12, (8, 6))
 CARD_24GB = card("NVIDIA GeForce RTX 4090", 24, (8, 9))
 CARD_80GB = card("NVIDIA H100 80GB HBM3", 79.6, (9, 0))
+CARD_12GB_AT_1 = card("NVIDIA GeForce RTX 3060", 12, (8, 6), index=1)
 
 
 def machine(*gpus: GpuFacts, torch: TorchFacts = CUDA_TORCH, driver: NvidiaDriverFacts = DRIVER, **overrides) -> MachineFacts:
@@ -108,19 +109,69 @@ def test_sd1_recommendations_per_card(gpu, expected):
     assert settings(machine(gpu)) == expected
 
 
-@pytest.mark.parametrize(
-    ("gpu", "expected"),
-    [
-        # SDXL does not fit an 8 GB card even with every saving: said so, not hidden.
-        (CARD_8GB, (1, "fp16", True, True, False)),
-        (CARD_12GB, (1, "bf16", True, True, True)),
-        (CARD_24GB, (1, "bf16", False, True, True)),
-        (CARD_80GB, (4, "bf16", False, False, True)),
-    ],
-    ids=["8GB", "12GB", "24GB", "80GB"],
-)
-def test_sdxl_recommendations_per_card(gpu, expected):
-    assert settings(machine(gpu), family="sdxl") == expected
+WITH_BITSANDBYTES = {**{name: "99.0" for name in REQUIRED_PACKAGES}, "bitsandbytes": "0.50.2"}
+
+
+# SDXL, the UNet only (kohya's default): (batch, precision, checkpointing, half-precision frozen
+# weights, fits, optimizer with bitsandbytes installed, optimizer without it).
+SDXL_PER_CARD = {
+    # Does not fit 8 GB even with every saving (this engine keeps both text encoders on the GPU):
+    # said so, not hidden; every saving is still recommended, 8-bit AdamW among them.
+    "8GB": (CARD_8GB, (1, "fp16", True, True, False), "adamw8bit", "adamw"),
+    # 12 GB: kohya's low-VRAM recipe: batch 1, gradient checkpointing, 8-bit AdamW.
+    "12GB": (CARD_12GB, (1, "bf16", True, True, True), "adamw8bit", "adamw"),
+    # 24 GB: batch 1 fits without checkpointing; 8-bit AdamW is not needed.
+    "24GB": (CARD_24GB, (1, "bf16", False, True, True), "adamw", "adamw"),
+    "80GB": (CARD_80GB, (4, "bf16", False, False, True), "adamw", "adamw"),
+}
+
+
+@pytest.mark.parametrize("card_class", list(SDXL_PER_CARD))
+def test_sdxl_recommendations_per_card(card_class):
+    gpu, expected, optimizer_with_bnb, optimizer_without = SDXL_PER_CARD[card_class]
+    with_bnb = recommend(machine(gpu, packages=WITH_BITSANDBYTES), family="sdxl")
+    without = recommend(machine(gpu), family="sdxl")
+    assert settings(machine(gpu, packages=WITH_BITSANDBYTES), family="sdxl") == expected
+    assert (with_bnb.optimizer, without.optimizer) == (optimizer_with_bnb, optimizer_without)
+    for rec in (with_bnb, without):
+        assert rec.family == "sdxl" and rec.train_text_encoder is False and rec.cache_latents == "memory"
+        assert any("the UNet only, text-encoder outputs cached" in reason for reason in rec.reasons)
+    defaults = with_bnb.answers_defaults()
+    assert defaults["dataset.resolution"] == 1024 and defaults["dataset.max_bucket"] == 2048
+    assert defaults["network.train_text_encoder"] is False
+    assert (defaults["training.unet_lr"], defaults["training.text_encoder_lr"]) == (1e-4, 1e-5)
+    assert defaults["training.optimizer"] == optimizer_with_bnb and defaults["training.batch_size"] == expected[0]
+    assert "training.mixed_precision" not in defaults  # answers files keep "auto"
+
+
+def test_eight_bit_adamw_needs_bitsandbytes_on_an_nvidia_gpu():
+    old = {**WITH_BITSANDBYTES, "bitsandbytes": "0.41.0"}
+    assert recommend(machine(CARD_12GB, packages=old), family="sdxl").optimizer == "adamw"
+    rocm = TorchFacts(version="2.6.0+rocm6.2", build="rocm", hip_version="6.2", cuda_available=True)
+    assert recommend(machine(CARD_12GB, packages=WITH_BITSANDBYTES, torch=rocm), family="sdxl").optimizer == "adamw"
+    # It saves the optimizer's state: 6 of 16 bytes per trained parameter.
+    setup = TrainingSetup(family="sdxl", train_text_encoder=False)
+    assert vram_needed(setup) - vram_needed(replace(setup, optimizer="adamw8bit")) == pytest.approx(
+        FAMILY_COSTS["sdxl"].lora_params_per_rank_unet * 8 * 6, abs=1
+    )
+
+
+def test_sd1_defaults_are_the_schemas_and_sdxl_trains_text_encoders_only_when_asked():
+    from engine.checks.defaults import FAMILY_KEYS, family_defaults
+    from engine.config import Answers
+
+    schema = Answers.model_validate({"model": {"path": "m"}, "dataset": {"train_dir": "t"}, "output": {"name": "n"}})
+    for family in ("sd1", "sd2"):
+        defaults = family_defaults(family)
+        assert set(defaults) == set(FAMILY_KEYS) == set(family_defaults("sdxl"))
+        for key, value in defaults.items():
+            section, name = key.split(".")
+            assert getattr(getattr(schema, section), name) == value, key
+    sd1 = recommend(machine(CARD_24GB))
+    assert (sd1.family, sd1.train_text_encoder, sd1.answers_defaults()["dataset.resolution"]) == ("sd1", True, None)
+    asked = recommend(machine(CARD_12GB), family="sdxl", train_text_encoder=True)
+    assert asked.train_text_encoder is True
+    assert any("kohya recommends the UNet only" in reason for reason in asked.reasons)
 
 
 def test_recommended_settings_fit_the_card_they_are_for():
@@ -323,9 +374,86 @@ def test_a_card_too_small_for_the_model_is_warned_about():
 
 
 def test_recommendations_are_valid_answers_file_defaults():
-    from engine.config import TrainingSection
+    from engine.config import Answers, TrainingSection
 
-    for facts in (machine(CARD_8GB), machine(CARD_80GB), no_gpu_machine()):
-        defaults = recommend(facts).training_defaults()
-        training = TrainingSection(**defaults)  # every key and value is one the answers file accepts
-        assert training.batch_size == defaults["batch_size"]
+    machines = (machine(CARD_8GB), machine(CARD_80GB), machine(CARD_12GB, packages=WITH_BITSANDBYTES), no_gpu_machine(), four_gpus())
+    for facts in machines:
+        for family in ("sd1", "sdxl"):
+            rec = recommend(facts, family=family)
+            defaults = rec.training_defaults()
+            training = TrainingSection(**defaults)  # every key and value is one the answers file accepts
+            assert (training.batch_size, training.processes) == (defaults["batch_size"], defaults["processes"])
+            data: dict = {"model": {"path": "m"}, "dataset": {"train_dir": "t"}, "output": {"name": "n"}}
+            for key, value in rec.answers_defaults().items():
+                section, name = key.split(".")
+                if value is not None:
+                    data.setdefault(section, {})[name] = value
+            Answers.model_validate(data)
+
+
+# --- several GPUs -------------------------------------------------------------------------------
+
+
+def alike_cards(gpu: GpuFacts, count: int) -> tuple[GpuFacts, ...]:
+    return tuple(replace(gpu, index=i, uuid=f"GPU-{i:08d}-aaaa") for i in range(count))
+
+
+def four_gpus() -> MachineFacts:
+    return machine(*alike_cards(CARD_24GB, 4))
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_several_alike_gpus_recommend_one_process_each(count):
+    facts = machine(*alike_cards(CARD_24GB, count))
+    rec = recommend(facts)
+    assert (rec.processes, rec.process_gpus, rec.batch_size) == (count, tuple(range(count)), 4)
+    assert rec.training_defaults()["processes"] == count
+    assert rec.effective_batch == 4 * count
+    reason = next(r for r in rec.reasons if r.startswith(f"processes {count}"))
+    assert f"effective batch = batch size 4 x {count} processes x accumulation 1 = {4 * count}" in reason
+    assert f"{count}x fewer steps" in reason
+    assert recommend(facts, gradient_accumulation=2).effective_batch == 8 * count
+    several = item(machine_items(facts, rec), "processes")
+    assert several.status == "ok" and f"processes = {count}" in several.summary
+
+
+def test_one_gpu_or_none_means_one_process_and_no_word_about_it():
+    for facts in (machine(CARD_24GB), no_gpu_machine(), machine(*alike_cards(CARD_24GB, 2), torch=CPU_TORCH)):
+        rec = recommend(facts)
+        assert (rec.processes, rec.effective_batch) == (1, rec.batch_size)
+        assert not any(r.startswith("processes") for r in rec.reasons)
+        assert not [i for i in machine_items(facts, rec) if i.id == "processes"]
+
+
+def test_cuda_visible_devices_limits_the_processes():
+    facts = machine(*alike_cards(CARD_24GB, 4), cuda_visible_devices="2,3")
+    rec = recommend(facts)
+    assert (rec.processes, rec.process_gpus) == (2, (2, 3))
+    assert recommend(machine(*alike_cards(CARD_24GB, 4), cuda_visible_devices="1")).processes == 1
+    by_uuid = recommend(machine(*alike_cards(CARD_24GB, 4), cuda_visible_devices="GPU-00000003,GPU-00000000"))
+    assert by_uuid.process_gpus == (3, 0)
+
+
+def test_different_gpus_count_those_like_the_training_gpu_and_say_why():
+    mixed = (card("NVIDIA GeForce RTX 4090", 24, (8, 9), index=0), CARD_12GB_AT_1, card("NVIDIA GeForce RTX 4090", 24, (8, 9), index=2))
+    facts = machine(*mixed)
+    rec = recommend(facts)
+    assert (rec.processes, rec.process_gpus) == (2, (0, 2))
+    assert any("not counted: GPU 1 (NVIDIA GeForce RTX 3060" in r and "lock step" in r for r in rec.reasons)
+    several = item(machine_items(facts, rec), "processes")
+    assert several.status == "warn"
+    assert several.remedy == "set CUDA_VISIBLE_DEVICES=GPU-00000000-aaaa,GPU-00000002-aaaa so that the processes use these GPUs"
+    # The batch fits the fullest of the GPUs that train together.
+    busy = (mixed[0], replace(mixed[2], vram_free=9 * GiB))
+    assert recommend(machine(*busy)).batch_size == 2
+    # Nothing like the training GPU: one process.
+    lonely = recommend(machine(CARD_12GB, replace(CARD_24GB, index=1)))
+    assert lonely.processes == 1 and any(r.startswith("processes 1: no other GPU is like") for r in lonely.reasons)
+
+
+def test_estimate_per_process_notes_the_effective_batch():
+    gpu = ComputeDevice("cuda", "NVIDIA GeForce RTX 4090", compute_capability=(8, 9))
+    one, two = TrainingSetup(batch_size=2), TrainingSetup(batch_size=2, processes=2)
+    assert vram_needed(one) == vram_needed(two)  # per GPU
+    assert estimate(one, gpu).seconds_per_step == estimate(two, gpu).seconds_per_step
+    assert any("each step trains 4 images" in note for note in estimate(two, gpu).notes)

@@ -15,7 +15,7 @@ from engine.checks.environment import GpuFacts
 from engine.checks.estimate import GiB
 from engine.checks.report import report_to_dict, run_checks
 from tests.conftest import write_answers
-from tests.engine.test_environment import CARD_24GB, machine
+from tests.engine.test_environment import CARD_12GB, CARD_24GB, alike_cards, machine
 from tui_lora.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,12 +33,13 @@ GPU_KEYS = {"index", "name", "vram_total_bytes", "vram_free_bytes", "compute_cap
 DISK_KEYS = {"path", "free_bytes"}
 RECOMMENDATION_KEYS = {
     "device", "device_name", "batch_size", "mixed_precision", "gradient_checkpointing", "half_precision_frozen_weights",
-    "cache_latents", "fits_in_vram", "ram_swap_needed_bytes", "reasons", "warnings",
+    "cache_latents", "fits_in_vram", "ram_swap_needed_bytes", "family", "processes", "process_gpus",
+    "effective_batch_size", "optimizer", "train_text_encoder", "answers_defaults", "reasons", "warnings",
 }
 ESTIMATE_KEYS = {
-    "family", "resolution", "batch_size", "gradient_accumulation", "mixed_precision", "gradient_checkpointing",
-    "half_precision_frozen_weights", "cache_latents", "vram_needed_bytes", "seconds_per_step", "steps", "total_seconds",
-    "basis", "notes",
+    "family", "resolution", "batch_size", "gradient_accumulation", "processes", "effective_batch_size", "optimizer",
+    "train_text_encoder", "mixed_precision", "gradient_checkpointing", "half_precision_frozen_weights", "cache_latents",
+    "vram_needed_bytes", "seconds_per_step", "steps", "total_seconds", "basis", "notes",
 }
 
 
@@ -151,3 +152,67 @@ def test_estimate_item_fails_when_the_run_cannot_fit(tmp_path, tiny_model_dir, t
     estimate_item = next(i for i in report.items if i.id == "run.estimate")
     assert estimate_item.status == "fail" and "does not fit" in estimate_item.summary
     assert "batch_size" in estimate_item.remedy
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl_dir(tmp_path_factory) -> Path:
+    from engine.tiny import build_tiny_sdxl_pipeline
+
+    return build_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "model")
+
+
+def test_an_sdxl_answers_file_is_estimated_as_sdxl(tmp_path, capsys, tiny_sdxl_dir, tiny_model_dir, tiny_dataset):
+    """The family comes from the model (a tiny SDXL-shaped one: the family decides, not the size)."""
+    from engine.checks.estimate import TrainingSetup, vram_needed
+    from engine.config import load_answers
+
+    train, _ = tiny_dataset
+    path = write_answers(tmp_path, tiny_sdxl_dir, train, dataset={"resolution": None}, network={"train_text_encoder": False})
+    status, document = check_json(capsys, str(path))
+    assert status == 0, [i for i in document["items"] if i["status"] == "fail"]
+    assert "SDXL" in items_by_id(document)["run.model"]["summary"]
+    estimate = document["estimate"]
+    assert (estimate["family"], estimate["resolution"], estimate["train_text_encoder"]) == ("sdxl", 1024, False)
+    assert document["recommendations"]["family"] == "sdxl"
+    # On a simulated 12 GB card: SDXL's cost, and the SDXL recommendations.
+    report = run_checks(load_answers(path), facts=machine(CARD_12GB))
+    expected = TrainingSetup(family="sdxl", batch_size=2, mixed_precision="bf16", train_text_encoder=False, network_dim=4)
+    assert report.estimate.vram_needed == vram_needed(expected)
+    assert report.estimate.vram_needed > 12 * GiB  # batch size 2 without checkpointing: SDXL does not fit
+    estimate_item = next(i for i in report.items if i.id == "run.estimate")
+    assert estimate_item.status == "fail"
+    assert (report.recommendations.batch_size, report.recommendations.gradient_checkpointing) == (1, True)
+    # The same answers on the tiny SD 1.x model: SD 1.x's figures, at SD 1.x's 512 px.
+    sd1_path = write_answers(tmp_path / "sd1", tiny_model_dir, train, dataset={"resolution": None}, network={"train_text_encoder": False})
+    sd1 = run_checks(load_answers(sd1_path), facts=machine(CARD_12GB))
+    assert (sd1.estimate.setup.family, sd1.estimate.setup.resolution or sd1.estimate.setup.cost.resolution) == ("sd1", 512)
+    assert sd1.estimate.vram_needed < report.estimate.vram_needed / 2
+
+
+def test_processes_are_checked_against_the_gpus(tmp_path, tiny_model_dir, tiny_dataset):
+    from engine.config import load_answers
+
+    train, _ = tiny_dataset
+    answers = load_answers(write_answers(tmp_path, tiny_model_dir, train, training={"processes": 2}))
+
+    def processes_item(facts):
+        return next(i for i in run_checks(answers, facts=facts).items if i.id == "run.processes")
+
+    one_gpu = processes_item(machine(CARD_24GB))
+    assert one_gpu.status == "fail" and "this machine has 1 usable GPU" in one_gpu.summary
+    assert one_gpu.remedy == "set [training] processes = 1"
+    two_gpus = processes_item(machine(*alike_cards(CARD_24GB, 2)))
+    assert two_gpus.status == "ok" and "effective batch 2 x 2 x 1 = 4" in two_gpus.summary
+    four_gpus = processes_item(machine(*alike_cards(CARD_24GB, 4)))
+    assert four_gpus.status == "ok" and "processes = 4 would use every GPU" in four_gpus.summary
+    cpu = next(i for i in run_checks(answers).items if i.id == "run.processes")  # this machine: no GPU
+    assert cpu.status == "warn" and "CPU processes (gloo)" in cpu.summary
+
+
+def test_several_gpus_in_the_text_report(capsys):
+    from tui_lora.commands.check import print_report
+
+    print_report(run_checks(facts=machine(*alike_cards(CARD_24GB, 2))))
+    text = capsys.readouterr().out
+    assert "Several GPUs" in text and "processes = 2" in text
+    assert "effective batch = batch size 4 x 2 processes x accumulation 1 = 8" in text

@@ -4,6 +4,8 @@ waiting until the app has nothing left to do."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,30 @@ def simulated_facts(output_dir: Path | None = None) -> MachineFacts:
             "prodigyopt": None,
         },
     )
+
+
+def gpu(name: str, vram_gib: float, capability: tuple[int, int], index: int = 0) -> GpuFacts:
+    """An idle NVIDIA card (the driver keeps a little of its memory)."""
+    return GpuFacts(index, name, int(vram_gib * GiB), int((vram_gib - 0.4) * GiB), capability, uuid=f"GPU-{index:08d}-bbbb")
+
+
+def machine_with(*gpus: GpuFacts, bitsandbytes: str | None = None) -> Callable[[Path | None], MachineFacts]:
+    """A facts source for the app: the simulated machine with these GPUs instead of its one
+    (none: no GPU at all), and bitsandbytes installed when a version is given."""
+
+    def source(output_dir: Path | None = None) -> MachineFacts:
+        facts = simulated_facts(output_dir)
+        packages = {**facts.packages, "bitsandbytes": bitsandbytes}
+        if not gpus:
+            return replace(facts, gpus=(), packages=packages, driver=NvidiaDriverFacts("not_found"), torch=TorchFacts(version="2.13.0", build="cpu"))
+        return replace(facts, gpus=gpus, packages=packages)
+
+    return source
+
+
+def alike(card: GpuFacts, count: int) -> tuple[GpuFacts, ...]:
+    """`count` GPUs of the same model, indices 0.. count-1."""
+    return tuple(replace(card, index=i, uuid=f"GPU-{i:08d}-bbbb") for i in range(count))
 
 
 class Launches:
@@ -116,7 +142,28 @@ def demo_folder(tmp_path_factory) -> Path:
     return folder
 
 
+def sdxl_demo_folder(tmp_path_factory) -> Path:
+    """`lora-wizard demo --sdxl`'s tiny SDXL-shaped model and dataset, built once per session."""
+    from engine.demo import create_demo
+
+    folder = tmp_path_factory.getbasetemp() / "wizard-demo-sdxl"
+    create_demo(folder, sdxl=True)
+    return folder
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """Async tests run on asyncio (Textual's loop), through anyio's pytest plugin."""
     return "asyncio"
+
+
+@pytest.fixture
+def english_locale(monkeypatch):
+    """The app in English, whatever the machine's locale (use: autouse in a test module)."""
+    from tui_lora.i18n import set_language
+
+    monkeypatch.setenv("LANG", "en_US.UTF-8")
+    monkeypatch.delenv("LC_ALL", raising=False)
+    monkeypatch.delenv("LC_MESSAGES", raising=False)
+    yield
+    set_language("en")

@@ -1,8 +1,9 @@
 """Environment: the machine check's results and remedies, and the settings that fit it.
 
 The facts are read in a worker (reading them imports torch, a second or more); the screen
-shows a line meanwhile and the wizard stays usable. The recommendations become the Parameters
-step's defaults where the user has not chosen.
+shows a line meanwhile and the wizard stays usable. The recommendations (for the model family
+the Model step found, SD 1.x before it has run) become the Parameters step's defaults where the
+user has not chosen; with several GPUs they include one process per GPU.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class EnvironmentScreen(WizardScreen):
         from engine.checks.report import run_checks
 
         facts = self.app.machine_facts()
-        report = run_checks(facts=facts)
+        report = run_checks(facts=facts, family=self.draft.model_family)
         self.app.call_from_thread(self.show_report, report)
 
     def on_worker_state_changed(self, event) -> None:
@@ -69,5 +70,7 @@ class EnvironmentScreen(WizardScreen):
                 markup=False,
             )
         )
+        if rec.processes > 1:
+            rows.append(Static(t("environment.processes", processes=rec.processes, batch_size=rec.batch_size, effective=rec.effective_batch), markup=False))
         items.mount_all(rows)
         self.app.apply_recommendations(rec)

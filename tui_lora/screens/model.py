@@ -1,8 +1,10 @@
 """Base model: the path (typed with completion, or picked), what it is, and its tokenizer.
 
-What the model is (SD 1.x / 2.x, diffusers folder or single file, epsilon or v-prediction) and
-whether its tokenizer is found are read by the engine from headers and configs only, in a worker,
-each time the path settles.
+What the model is (SD 1.x / 2.x / SDXL, diffusers folder or single file, epsilon or
+v-prediction) and whether its tokenizer is found are read by the engine from headers and configs
+only, in a worker, each time the path settles. The family is kept in the draft, and its defaults
+(SDXL: 1024 px, the UNet only, its learning rates; SD 1.x/2.x: the schema's) replace those of
+the previous model wherever the user has not typed a value.
 """
 
 from __future__ import annotations
@@ -114,7 +116,9 @@ class ModelScreen(WizardScreen):
         if info is None:
             text.update(problem or "")
             text.set_class(bool(self.draft.get("model.path")), "fail")
+            self.draft.model_family = None
             return
+        self.use_family(info.family)
         text.set_class(False, "fail")
         self.show_screen_error(None)
         tokenizer = (
@@ -129,6 +133,16 @@ class ModelScreen(WizardScreen):
         )
         row.show_error(None)
         self.query_one("#row-tokenizer", FormRow).show_error(None if info.tokenizer else t("model.tokenizer_needed"))
+
+    def use_family(self, family: str) -> None:
+        """Keep the model's family; its defaults replace the previous family's where the user
+        has not chosen (the machine's settings for it follow on the Parameters step)."""
+        from engine.checks.defaults import family_defaults
+
+        changed = self.draft.model_family != family
+        self.draft.model_family = family
+        if self.draft.apply_defaults(family_defaults(family)) or changed:
+            self.changed()
 
     def ready_to_leave(self) -> bool:
         if not self.draft.get("model.path"):

@@ -2,9 +2,13 @@
 
 A value the answers schema refuses is shown in red under its field with the reason, and is not
 taken: the draft keeps the last accepted value, and Next stays here until every field is right.
-Defaults come from the environment check (batch size, gradient checkpointing, latent caching)
-where the user has not chosen; precision stays `auto`, which the engine resolves on the machine
-that trains, so a file written here still fits a GPU machine it is copied to.
+Defaults come from the model's family (SDXL: 1024 px, the UNet only, its learning rates) and the
+environment check for that family (batch size, processes, gradient checkpointing, optimizer,
+latent caching) where the user has not chosen; precision stays `auto`, which the engine resolves
+on the machine that trains, so a file written here still fits a GPU machine it is copied to.
+
+Some fields are shown only where they apply: GPUs (processes) on a machine with more than one
+GPU, the second text encoder's learning rate for SDXL.
 """
 
 from __future__ import annotations
@@ -38,6 +42,28 @@ def choice_label(spec: FieldSpec, value: str) -> str:
     return t(message) if has_message(message) else value
 
 
+def several_gpus(facts) -> bool:
+    """More than one GPU that torch can train on (engine MachineFacts)."""
+    from engine.checks.environment import visible_gpus
+
+    return facts is not None and facts.torch.cuda_available and len(visible_gpus(facts)) > 1
+
+
+def model_family(draft) -> str:
+    """The base model's family: as the Model step read it, else read now (call from a worker:
+    it reads the model's headers), else SD 1.x."""
+    if draft.model_family:
+        return draft.model_family
+    path = draft.get("model.path")
+    if path:
+        from tui_lora.screens.model import read_model_info
+
+        info, _ = read_model_info(path, draft.get("model.tokenizer"))
+        if info is not None:
+            return info.family
+    return "sd1"
+
+
 class ParametersScreen(WizardScreen):
     STEP = "parameters"
     AUTO_FOCUS = "#field-training-batch_size"
@@ -45,6 +71,7 @@ class ParametersScreen(WizardScreen):
     def __init__(self) -> None:
         super().__init__()
         self.invalid: set[str] = set()
+        self.family: str | None = None  # the model family the defaults are for, once known
 
     def compose_body(self) -> ComposeResult:
         yield Static(t("parameters.intro"), classes="intro", markup=False)
@@ -66,32 +93,80 @@ class ParametersScreen(WizardScreen):
         return Input(shown_value(value), compact=True, id=control_id(spec.key), placeholder=t("parameters.empty_default") if spec.optional else "")
 
     def on_mount(self) -> None:
-        if self.app.recommendations is not None:
-            self.show_recommendations(self.app.recommendations)
-        else:
-            self.read_machine()
+        self.family = self.draft.model_family
+        self.show_conditional_fields()
+        self.read_machine()
 
     @work(thread=True, exclusive=True, group="parameters-machine", exit_on_error=False)
     def read_machine(self) -> None:
+        facts = self.app.machine_facts()
+        family = model_family(self.draft)
+        self.app.call_from_thread(self.apply_machine, facts, family)
+
+    def apply_machine(self, facts, family: str) -> None:
+        """The family's defaults, then the settings that fit this machine for that family, where
+        the user has not chosen."""
+        from engine.checks.defaults import family_defaults
         from engine.checks.environment import recommend
 
-        recommendations = recommend(self.app.machine_facts())
-        self.app.call_from_thread(self.apply_machine, recommendations)
-
-    def apply_machine(self, recommendations) -> None:
-        for key in self.app.apply_recommendations(recommendations):
+        self.family = family
+        changed = self.draft.apply_defaults(family_defaults(family))
+        recommendations = recommend(
+            facts,
+            family=family,
+            resolution=self.draft.get("dataset.resolution"),
+            network_dim=self.draft.get("network.dim", 8),
+            train_text_encoder=self.draft.get("network.train_text_encoder"),
+            gradient_accumulation=self.draft.get("training.gradient_accumulation", 1),
+        )
+        changed += self.app.apply_recommendations(recommendations)
+        if changed:
+            self.changed()
+        for key in changed:
             self.show_draft_value(key)
+        self.show_conditional_fields()
         self.show_recommendations(recommendations)
 
+    def condition_holds(self, condition: str) -> bool:
+        if condition == "several_gpus":
+            return several_gpus(self.app.facts) or self.draft.get("training.processes", 1) != 1
+        if condition == "sdxl":
+            return self.family == "sdxl" or self.draft.get("training.text_encoder_2_lr") is not None
+        return True
+
+    def show_conditional_fields(self) -> None:
+        """Fields that apply here are shown; hidden ones are skipped by Tab."""
+        for spec in SPECS.values():
+            if spec.shown_when is not None:
+                self.query_one("#row-" + control_id(spec.key), FormRow).display = self.condition_holds(spec.shown_when)
+        self.show_effective_batch()
+
+    def show_effective_batch(self) -> None:
+        """Under GPUs (processes): the images each optimizer step trains."""
+        row = self.query_one("#row-" + control_id("training.processes"), FormRow)
+        if not row.display:
+            return
+        batch, processes = self.draft.get("training.batch_size", 1), self.draft.get("training.processes", 1)
+        accumulation = self.draft.get("training.gradient_accumulation", 1)
+        row.show_help(
+            t("field.training.processes.help_effective", batch_size=batch, processes=processes, accumulation=accumulation, effective=batch * processes * accumulation)
+        )
+
     def show_recommendations(self, rec) -> None:
-        self.query_one("#defaults-note", Static).update(
+        lines = [
             t(
                 "parameters.defaults_from_machine",
                 device=rec.device_name,
                 batch_size=rec.batch_size,
                 checkpointing=t("common.on") if rec.gradient_checkpointing else t("common.off"),
             )
-        )
+        ]
+        if rec.processes > 1:
+            lines.append(t("parameters.defaults_processes", processes=rec.processes, effective=rec.effective_batch))
+        if rec.family == "sdxl":
+            resolution = rec.answers_defaults()["dataset.resolution"]
+            lines.append(t("parameters.defaults_sdxl", resolution=resolution, optimizer=choice_label(SPECS["training.optimizer"], rec.optimizer)))
+        self.query_one("#defaults-note", Static).update("\n".join(lines))
         precision_row = self.query_one("#row-" + control_id("training.mixed_precision"), FormRow)
         precision_row.show_help(t("field.training.mixed_precision.help_machine", precision=rec.mixed_precision))
 
@@ -121,6 +196,8 @@ class ParametersScreen(WizardScreen):
         if value != self.draft.get(key):
             self.draft.set(key, value)
             self.changed()
+            if key in ("training.batch_size", "training.processes"):
+                self.show_effective_batch()
 
     @on(Input.Changed)
     def input_changed(self, event: Input.Changed) -> None:

@@ -39,7 +39,7 @@ class FinishScreen(Screen):
     BINDINGS = [
         Binding("w", "focus_copy", "key.finish.copy"),
         Binding("h", "home", "key.home"),
-        Binding("q", "app.quit", "key.quit"),
+        Binding("q", "app.quit", "key.quit", show=False),  # the footer shows Ctrl+Q
     ]
 
     def __init__(self, run_folder: Path, finished: FinishedLora, summary: str) -> None:
@@ -131,7 +131,7 @@ class FailureScreen(Screen):
     BINDINGS = [
         Binding("r", "resume", "key.resume"),
         Binding("h", "home", "key.home"),
-        Binding("q", "app.quit", "key.quit"),
+        Binding("q", "app.quit", "key.quit", show=False),  # the footer shows Ctrl+Q
     ]
 
     def __init__(self, run_folder: Path, view: RunView) -> None:
