@@ -216,3 +216,4 @@ def test_several_gpus_in_the_text_report(capsys):
     text = capsys.readouterr().out
     assert "Several GPUs" in text and "processes = 2" in text
     assert "effective batch = batch size 4 x 2 processes x accumulation 1 = 8" in text
+    assert re.search(r"GPUs \(processes\)\s+2 \(effective batch 8\)", text)  # the recommended settings table

@@ -85,6 +85,9 @@ def _print_recommendations(report: CheckReport, console: Console) -> None:
     rows = {
         "device": rec.device_name,
         "batch size": str(rec.batch_size),
+        "GPUs (processes)": f"{rec.processes} (effective batch {rec.effective_batch})",
+        "optimizer": rec.optimizer,
+        "train the text encoder": on_off[rec.train_text_encoder],
         "mixed precision": rec.mixed_precision,
         "gradient checkpointing": on_off[rec.gradient_checkpointing],
         "half-precision frozen weights": on_off[rec.half_precision_frozen_weights],
