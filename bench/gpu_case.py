@@ -6,6 +6,7 @@ measured first, before the bare loop's copy of the model exists. It runs on the 
 test does, on the small model), where the CUDA-only figures are left out.
 
     python bench/gpu_case.py --model DIR --train DIR --resolution 512 --batch 16 [--checkpointing] [--uncached]
+                             [--channels-last] [--compile]
 """
 
 from __future__ import annotations
@@ -25,10 +26,16 @@ def case_answers(args: argparse.Namespace, output_dir: Path, cache_latents: str 
         "dataset": {"train_dir": str(args.train), "resolution": args.resolution},
         "network": {"dim": args.dim, "alpha": args.dim, "train_text_encoder": False},
         "training": {"max_steps": 100_000, "batch_size": args.batch, "seed": 0, "mixed_precision": "auto",
-                     "gradient_checkpointing": args.checkpointing, "cache_latents": cache_latents},
+                     "gradient_checkpointing": args.checkpointing, "cache_latents": cache_latents,
+                     "channels_last": args.channels_last, "compile": args.compile},
         "checkpoints": {"every_epoch": False},
         "output": {"dir": str(output_dir), "name": "bench-case", "overwrite": True},
     }
+
+
+def case_options(args: argparse.Namespace) -> list[str]:
+    """The engine settings this case turns on beyond the defaults (the bare loop has none of them)."""
+    return [name for name, on in (("channels_last", args.channels_last), ("compile", args.compile)) if on]
 
 
 def run_case(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
@@ -47,10 +54,11 @@ def run_case(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     engine = EngineVariant(case_answers(args, output_dir))
     result: dict[str, Any] = {"batch": args.batch, "checkpointing": args.checkpointing, "device": str(engine.trainer.device),
-                              "precision": engine.trainer.precision}
+                              "precision": engine.trainer.precision, "options": case_options(args)}
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    engine.run_steps(args.steps)  # warm-up, and the engine's peak memory before the bare loop exists
+    # Warm-up (with --compile: the compilation), and the engine's peak memory before the bare loop exists.
+    result["first_block_s"] = engine.run_steps(args.steps)
     if cuda:
         result["peak_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
         result["peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
@@ -84,6 +92,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=8, help="LoRA rank")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
     parser.add_argument("--uncached", action="store_true", help="also time the engine without its latent cache")
+    parser.add_argument("--channels-last", action="store_true", help="the engine's `[training] channels_last = true`")
+    parser.add_argument("--compile", action="store_true", help="the engine's `[training] compile = true` (compiled in the warm-up)")
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=3, help="engine / bare rounds")
     args = parser.parse_args()

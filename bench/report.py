@@ -157,17 +157,18 @@ def gpu_table(gpu: dict[str, Any]) -> str:
         f"on {gpu['device']} (peak {_fmt(gpu.get('peak_tflops'), 0)} TFLOP/s dense; MFU counts "
         f"{gpu['tflop_per_image']} TFLOP per image):",
         "",
-        "| Batch | Checkpointing | Engine img/s | Bare img/s | Engine / bare time | MFU | Latent cache speed-up | Peak VRAM allocated (reserved) | Syncs/step engine (bare) | LoRA grads |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| Batch | Checkpointing | Engine img/s | Bare img/s | Engine / bare time | MFU | Latent cache speed-up | Peak VRAM allocated (reserved) | Syncs/step engine (bare) | LoRA grads | First block |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in gpu["cases"]:
+        options = "".join(f", {option}" for option in case.get("options", []))
         lines.append(
-            f"| {case['batch']} | {'on' if case['checkpointing'] else 'off'} | {case['engine']['images_per_second']:.1f} | "
+            f"| {case['batch']}{options} | {'on' if case['checkpointing'] else 'off'} | {case['engine']['images_per_second']:.1f} | "
             f"{case['bare']['images_per_second']:.1f} | {case['engine_over_bare']:.3f} | {_fmt(case.get('mfu'), 3)} | "
             f"{_fmt(case.get('latent_cache_speedup'), 2)} | "
             f"{case['peak_allocated_gb']:.2f} GB ({case['peak_reserved_gb']:.2f} GB) | "
             f"{_fmt(case.get('engine_syncs_per_step'), 1)} ({_fmt(case.get('bare_syncs_per_step'), 1)}) | "
-            f"{case['lora_grads'][0]}/{case['lora_grads'][1]} |"
+            f"{case['lora_grads'][0]}/{case['lora_grads'][1]} | {_fmt(case.get('first_block_s'), 1, ' s')} |"
         )
     lines += ["", f"SDXL at 1024 px: {gpu.get('sdxl', 'not measured')}."]
     return "\n".join(lines)

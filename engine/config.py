@@ -49,6 +49,10 @@ class ModelSection(_Section):
     tokenizer: Path | None = Field(
         None, description="Folder holding the tokenizer, for a single-file model without one beside it"
     )
+    vae: Path | None = Field(
+        None,
+        description="A VAE replacing the base model's, e.g. an fp16-safe one: a diffusers AutoencoderKL folder or a single file",
+    )
 
 
 class DatasetSection(_Section):
@@ -123,6 +127,10 @@ class TrainingSection(_Section):
         "auto", description="auto = bf16 where the GPU supports it, else fp16; no on a CPU"
     )
     gradient_checkpointing: bool = Field(False, description="Trade speed for memory")
+    compile: bool = Field(False, description="torch.compile the UNet: faster steps after a slow first one (minutes)")
+    channels_last: bool = Field(
+        False, description="On a CUDA GPU, keep the UNet's weights in channels_last (NHWC) layout; measure before relying on it"
+    )
     max_grad_norm: float = Field(1.0, ge=0.0, description="Clip the gradient norm to this (0 = no clipping)")
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for noise, timesteps and data order")
     clip_skip: int = Field(1, ge=1, le=12, description="Use the text encoder's N-th last layer (2 for anime models)")
@@ -196,6 +204,7 @@ class OutputSection(_Section):
     name: str = Field(description="File name of the LoRA without extension, e.g. usu_bear")
     dtype: Literal["fp16", "bf16", "fp32"] = Field("fp16", description="Precision of the saved LoRA")
     overwrite: bool = Field(False, description="Replace an existing LoRA file of the same name")
+    tensorboard: bool = Field(False, description="Also write TensorBoard logs (loss, lr, samples) to <run folder>/tensorboard")
 
     @field_validator("name")
     @classmethod
@@ -241,6 +250,7 @@ class Answers(_Section):
 PATH_KEYS = [
     ("model", "path"),
     ("model", "tokenizer"),
+    ("model", "vae"),
     ("dataset", "train_dir"),
     ("dataset", "reg_dir"),
     ("network", "init_from"),

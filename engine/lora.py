@@ -270,6 +270,7 @@ def kohya_metadata(*, model: LoadedModel, answers: Answers, stats: dict[str, Any
         "ss_reg_dataset_dirs": json.dumps(stats["reg_dataset_dirs"]),
         "ss_tag_frequency": json.dumps(stats["tag_frequency"]),
         "ss_sd_model_name": Path(answers.model.path).name,
+        **({"ss_vae_name": Path(answers.model.vae).name} if answers.model.vae else {}),  # kohya's, with --vae
         "ss_training_finished_at": finished_at,
         "ss_steps": stats["steps"],
         "ss_epoch": stats["epoch"],

@@ -95,6 +95,8 @@ class TrainingPlan:
             + (f", text encoder lr {a.training.text_encoder_lr:g}" if a.network.train_text_encoder else ""),
             "scheduler": f"{a.training.lr_scheduler}, warmup {a.training.warmup_steps}",
             "precision": a.training.mixed_precision,
+            **({"vae": str(a.model.vae)} if a.model.vae else {}),
+            **({"compile": "torch.compile the UNet (the first step compiles)"} if a.training.compile else {}),
             "latents": f"cache {a.training.cache_latents} ({a.training.latents})",
             "seed": a.training.seed,
             "output": str(a.lora_path),
@@ -119,7 +121,15 @@ def prepare_plan(answers: Answers, *, for_resume: bool = False) -> TrainingPlan:
 
     if not for_resume:
         check_output_free(answers)
+    if answers.output.tensorboard:
+        from engine.tensorboard import check_tensorboard_installed
+
+        check_tensorboard_installed()
     info = inspect_base_model(answers.model.path, tokenizer=answers.model.tokenizer)
+    if answers.model.vae:
+        from engine.families.vae import check_vae_path
+
+        check_vae_path(answers.model.vae)
     if info.tokenizer is None:
         raise ModelFileError(
             f"no tokenizer found for this model: {info.tokenizer_note}",

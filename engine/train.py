@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import nullcontext
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from engine.checkpoint import (
 )
 from engine.config import Answers
 from engine.dataset import Example
+from engine.devices import captions_cacheable
 from engine.errors import UserError
 from engine.events import EventLog
 from engine.families import ImageGeometry
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     import torch
 
     from engine.families import LoadedModel
+    from engine.latents import LatentKey
 
 
 class TrainingFailed(Exception):
@@ -74,7 +77,9 @@ def resolve_precision(requested: str, device_type: str, bf16_supported: bool) ->
 
 
 def build_optimizer(answers: Answers, unet_params: list, te_param_lists: list[list], device_type: str):
-    """AdamW (fused on CUDA), 8-bit AdamW or Prodigy, with one learning rate per part."""
+    """AdamW (fused on CUDA: one kernel for every LoRA tensor, and no host-device sync under fp16's
+    gradient scaler; the LoRA weights are float32 on the device), 8-bit AdamW or Prodigy, with one
+    learning rate per part. On the CPU AdamW keeps torch's default implementation."""
     import torch
 
     training = answers.training
@@ -138,6 +143,7 @@ class Trainer:
     """Holds what the loop needs; `run()` is the loop."""
 
     before_checkpoint_commit = None  # a test hook (see engine.checkpoint.commit_checkpoint)
+    data_workers: int | None = None  # image-decoding processes without a latent cache; None: engine.devices decides
 
     def __init__(self, plan: TrainingPlan, events: EventLog, *, run_dir: Path | None = None, controls: Controls | None = None):
         self.plan = plan
@@ -164,6 +170,7 @@ class Trainer:
         import torch
         from accelerate import Accelerator
 
+        from engine.devices import Parking, enable_tf32, offloadable_parts, use_channels_last
         from engine.families import load_base_model
         from engine.latents import LatentCache
         from engine.lora import add_lora, load_lora_file_into, lora_parameters, text_encoder_parameters
@@ -183,17 +190,24 @@ class Trainer:
                 f"`training.processes = {a.training.processes}` but {self.world} processes were started",
                 fix="start it with `lora-wizard train` (it launches the processes), or set processes to match",
             )
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        if a.output.tensorboard and self.is_main:
+            from engine.tensorboard import check_tensorboard_installed
 
-        model = load_base_model(a.model.path, prediction=a.model.prediction, tokenizer=a.model.tokenizer)
+            check_tensorboard_installed()
+        enable_tf32(self.device)
+
+        model = load_base_model(a.model.path, prediction=a.model.prediction, tokenizer=a.model.tokenizer, vae=a.model.vae)
         self.model = model
-        # Frozen base weights in the training precision on a GPU; the VAE stays fp32 (it overflows in fp16).
+        # Frozen base weights in the training precision on a GPU. The base model's VAE stays fp32
+        # (SDXL's overflows in fp16: kohya's --no_half_vae); one given in `[model] vae` is taken to be
+        # fp16-safe (e.g. madebyollin/sdxl-vae-fp16-fix) and runs in the training precision.
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
         if device_type == "cpu":
             weight_dtype = torch.float32
-        model.vae.to(self.device, dtype=torch.float32).requires_grad_(False).eval()
+        model.vae.to(self.device, dtype=weight_dtype if a.model.vae else torch.float32).requires_grad_(False).eval()
         model.unet.to(self.device, dtype=weight_dtype).requires_grad_(False)
+        if use_channels_last(self.device, a.training.channels_last):
+            model.unet.to(memory_format=torch.channels_last)  # before the LoRA layers: those stay contiguous
         for encoder in model.text_encoders:
             encoder.to(self.device, dtype=weight_dtype).requires_grad_(False)
 
@@ -214,26 +228,79 @@ class Trainer:
                 for encoder in model.text_encoders:
                     encoder.gradient_checkpointing_enable()
 
+        self.parking = Parking(self.device, {"vae": [model.vae], "text_encoders": list(model.text_encoders)})
         cache_folder = a.output.dir / ".latent-cache" if a.training.cache_latents == "disk" else None
         self.latents = LatentCache(
             model, mode=a.training.latents, seed=a.training.seed, keep=a.training.cache_latents != "off", folder=cache_folder
         )
+        self.latents.vae_in_use = lambda: self.parking.in_use("vae")
         if a.training.cache_latents != "off":
-            for path in dict.fromkeys(e.path for e in self.examples):
-                for flip in (False, True) if a.dataset.flip else (False,):
-                    try:
-                        self.latents.get(path, self.plan.sizes[path], flip)
-                    except FloatingPointError as exc:
-                        raise TrainingFailed(
-                            f"{exc} for {path}",
-                            "check the image; the VAE runs in fp32 here, so an fp16 VAE overflow is not the cause",
-                        ) from None
+            self.cache_all_latents()
         self._conditioning_cache: dict[str, dict[str, Any]] = {}
 
         self.optimizer = build_optimizer(a, self.unet_params, text_encoder_parameters(model), device_type)
         self.lr_scheduler = build_lr_scheduler(a, self.optimizer, self.plan.total_steps)
         prepared = self.accelerator.prepare(model.unet, *model.text_encoders, self.optimizer)
         model.unet, *model.text_encoders, self.optimizer = prepared
+        if a.training.compile:
+            model.unet.compile()  # in place: the module and its parameter names stay as they are
+        if captions_cacheable(a):
+            # Every caption now, as the loop would (after `prepare`, under its autocast), so that
+            # the frozen text encoders can wait in host memory.
+            with self.accelerator.autocast():
+                self.encode_captions([e.caption for e in self.examples])
+        self.parking.park(offloadable_parts(a))
+
+    def cache_all_latents(self) -> None:
+        """Encode every image (and its mirror when flipping) once; on a GPU the images are decoded
+        ahead in worker processes while the VAE encodes."""
+        a = self.answers
+        flips = (False, True) if a.dataset.flip else (False,)
+        keys = [(path, self.plan.sizes[path], flip) for path in dict.fromkeys(e.path for e in self.examples) for flip in flips]
+        with self.decoding_ahead(self.latents.to_encode(keys) or None):
+            for key in keys:
+                try:
+                    self.latents.get(*key)
+                except FloatingPointError as exc:
+                    raise TrainingFailed(f"{exc} for {key[0]}", self.nan_latents_remedy()) from None
+
+    def nan_latents_remedy(self) -> str:
+        import torch
+
+        if self.answers.model.vae and self.model.vae.dtype != torch.float32:
+            return (
+                f"the VAE from `[model] vae` runs in {self.precision} here and is not fp16-safe: give an fp16-safe VAE "
+                "(e.g. madebyollin/sdxl-vae-fp16-fix for SDXL), or remove the key (the base model's VAE runs in fp32)"
+            )
+        return "check the image; the VAE runs in fp32 here, so an fp16 VAE overflow is not the cause"
+
+    def run_folder(self) -> Path:
+        a = self.answers
+        return self.run_dir or a.output.dir / f"{a.output.name}.run"
+
+    def decoding_workers(self) -> int:
+        from engine.devices import loader_workers
+
+        return self.data_workers if self.data_workers is not None else loader_workers(self.device, self.world)
+
+    @contextmanager
+    def decoding_ahead(self, keys: Iterable[LatentKey] | None) -> Iterator[None]:
+        """While inside, the images of `keys` are decoded in this order by DataLoader workers, ahead
+        of the VAE that encodes them (on a GPU; on a CPU run the training thread decodes them)."""
+        from engine.latents import PixelFeed
+
+        workers = self.decoding_workers()
+        if not workers or keys is None:
+            yield
+            return
+        lookahead = 2 * self.answers.training.batch_size * self.answers.training.gradient_accumulation
+        feed = PixelFeed(keys, workers=workers, pin_memory=self.device.type == "cuda", lookahead=lookahead)
+        self.latents.feed = feed
+        try:
+            yield
+        finally:
+            feed.close()
+            self.latents.feed = None
 
     # --- one batch ---------------------------------------------------------------------------
 
@@ -243,20 +310,30 @@ class Trainer:
         model = self.model
         family = model.family
         clip_skip = self.answers.training.clip_skip
-        d = self.answers.dataset
         if self.answers.network.train_text_encoder:
             return family.encode(model, family.tokenize(model, captions), clip_skip)
-        if d.shuffle_tags or d.caption_dropout:  # too many variants to cache: encode each time, frozen
+        if not captions_cacheable(self.answers):  # too many variants to cache: encode each time, frozen
             with torch.no_grad():
                 return family.encode(model, family.tokenize(model, captions), clip_skip)
-        # Frozen text encoder: each caption is encoded once, on its own, so the values do not
-        # depend on which captions shared a batch (a resumed run sees other batches first).
-        with torch.no_grad():
-            for caption in dict.fromkeys(captions):
-                if caption not in self._conditioning_cache:
-                    self._conditioning_cache[caption] = family.encode(model, family.tokenize(model, [caption]), clip_skip)
+        self.encode_captions(captions)
         parts = [self._conditioning_cache[c] for c in captions]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def encode_captions(self, captions: list[str]) -> None:
+        """Cache the frozen text encoders' conditioning of the captions not cached yet. Each caption
+        is encoded on its own, so the values do not depend on which captions shared a batch (a
+        resumed run sees other batches first)."""
+        import torch
+
+        model = self.model
+        family = model.family
+        missing = [c for c in dict.fromkeys(captions) if c not in self._conditioning_cache]
+        if not missing:
+            return
+        with torch.no_grad(), self.parking.in_use("text_encoders"):
+            for caption in missing:
+                tokens = family.tokenize(model, [caption])
+                self._conditioning_cache[caption] = family.encode(model, tokens, self.answers.training.clip_skip)
 
     def local_loss(self, batch: list[tuple[int, Example]]) -> torch.Tensor:
         """This process's share of the loss of a global batch, scaled so that the average over
@@ -265,6 +342,28 @@ class Trainer:
         if not share:  # a short last batch: still take part in the gradient exchange, with weight 0
             return self.batch_loss(batch[:1]) * 0.0
         return self.batch_loss(share) * (len(share) * self.world / len(batch))
+
+    def local_items(self, batch: list[tuple[int, Example]]) -> list[tuple[int, Example]]:
+        """The items of a global batch whose loss this process computes (see `local_loss`)."""
+        return batch[self.rank :: self.world] or batch[:1]
+
+    def latent_key(self, index: int, example: Example) -> LatentKey:
+        """(image, bucket size, mirrored) of the sample with global index `index`."""
+        d = self.answers.dataset
+        return example.path, self.plan.sizes[example.path], flip_sample(seed=self.answers.training.seed, index=index, enabled=d.flip)
+
+    def upcoming_latent_keys(self, start: Position) -> Iterator[LatentKey]:
+        """The latents this process will ask for from `start` to the end, in order (`run`'s walk)."""
+        step = start.step
+        for epoch in range(start.epoch, self.plan.epochs):
+            groups = self.optimizer_steps(epoch)
+            for group in groups[start.group if epoch == start.epoch else 0 :]:
+                if step >= self.plan.total_steps:
+                    return
+                step += 1
+                for batch in group:
+                    for index, example in self.local_items(batch):
+                        yield self.latent_key(index, example)
 
     def geometry(self, path: Path) -> ImageGeometry:
         """How an image is fitted to its bucket (its file header is read once)."""
@@ -280,14 +379,16 @@ class Trainer:
         import torch
         import torch.nn.functional as F
 
+        from engine.devices import host_to_device
+
         a = self.answers
         model = self.model
         scheduler = model.noise_scheduler
         d = a.dataset
         seed = a.training.seed
-        flips = [flip_sample(seed=seed, index=i, enabled=d.flip) for i, _ in batch]
-        latents = [self.latents.get(e.path, self.plan.sizes[e.path], flip) for (_, e), flip in zip(batch, flips, strict=True)]
-        latents = torch.stack(latents).to(self.device)
+        # Cached latents are on the CPU, uncached ones on the device. Every copy to the device is
+        # pinned and non-blocking on a GPU: nothing in a step makes the CPU wait for the GPU.
+        latents = host_to_device(torch.stack([self.latents.get(*self.latent_key(i, e)) for i, e in batch]), self.device)
         captions = [
             augment_caption(e.caption, seed=seed, index=i, shuffle=d.shuffle_tags, keep_tokens=d.keep_tokens, dropout=d.caption_dropout)
             for i, e in batch
@@ -301,8 +402,8 @@ class Trainer:
                 offset = torch.randn((latents.shape[1], 1, 1), generator=sample_rng)
                 noise[row] += a.training.noise_offset * offset
             timesteps[row] = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=sample_rng)
-        noise = noise.to(self.device)
-        timesteps = timesteps.to(self.device)
+        noise = host_to_device(noise, self.device)
+        timesteps = host_to_device(timesteps, self.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         target = noise if model.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
 
@@ -312,7 +413,7 @@ class Trainer:
         loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         if a.training.min_snr_gamma:
             loss = loss * snr_weights(scheduler, timesteps, a.training.min_snr_gamma, model.prediction_type)
-        weights = torch.tensor([a.dataset.prior_loss_weight if e.is_reg else 1.0 for _, e in batch], device=self.device)
+        weights = host_to_device(torch.tensor([a.dataset.prior_loss_weight if e.is_reg else 1.0 for _, e in batch]), self.device)
         return (loss * weights).mean()
 
     # --- the loop ----------------------------------------------------------------------------
@@ -340,9 +441,32 @@ class Trainer:
         return [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
 
     def run(self, start: Position | None = None) -> TrainResult:
+        start = start or Position(step=0, epoch=0, group=0)
+        uncached = None if self.latents.keep else self.upcoming_latent_keys(start)
+        with self.tensorboard(start), self.decoding_ahead(uncached):
+            return self._run(start)
+
+    @contextmanager
+    def tensorboard(self, start: Position) -> Iterator[None]:
+        """With `[output] tensorboard`, the main process writes the step and sample events to
+        <run folder>/tensorboard while inside."""
+        if not (self.answers.output.tensorboard and self.is_main):
+            yield
+            return
+        from engine.tensorboard import TensorBoardLog
+
+        # A resumed run replaces what the killed one logged after its checkpoint.
+        board = TensorBoardLog(self.run_folder() / "tensorboard", purge_step=start.step + 1 if start.step else None)
+        self.events.listeners.append(board)
+        try:
+            yield
+        finally:
+            self.events.listeners.remove(board)
+            board.close()
+
+    def _run(self, start: Position) -> TrainResult:
         a = self.answers
         plan = self.plan
-        start = start or Position(step=0, epoch=0, group=0)
         step = start.step
         pending: list[tuple[int, int, Any, float]] = []  # (step, epoch, loss on the device, lr)
         self.events.emit("ready", device=str(self.device), precision=self.precision, total_steps=plan.total_steps)
@@ -358,13 +482,16 @@ class Trainer:
                 step += 1
                 pending.append((step, epoch + 1, self.last_loss, self.lr_scheduler.get_last_lr()[0]))
                 # Reading the loss back forces a device sync: do it every few steps, not every step.
-                if step % a.training.log_every_steps == 0 or step == plan.total_steps:
+                logged = step % a.training.log_every_steps == 0 or step == plan.total_steps
+                if logged:
                     self.report(pending)
                     pending = []
                 if a.samples.every_steps and step % a.samples.every_steps == 0:
                     self.sample(step=step, epoch=epoch + 1)
                 position = Position(step, epoch, index + 1) if index + 1 < len(groups) else Position(step, epoch + 1, 0)
-                request = self.poll_controls()
+                # With several processes, agreeing on a request is a collective that waits for the
+                # GPU: it is asked when the losses are read back anyway.
+                request = self.poll_controls() if self.world == 1 or logged else None
                 every = a.checkpoints.every_steps
                 if request or (every and step % every == 0 and index + 1 < len(groups)):
                     self.report(pending)
@@ -416,10 +543,17 @@ class Trainer:
 
         if not pending:
             return
-        stacked = torch.stack([loss for _, _, loss, _ in pending]).float()
+        # One read-back for the losses and the uncached latents' check (1.0: one held NaN or inf).
+        latent_trouble = self.latents.take_nonfinite(self.device)
+        stacked = torch.stack([*(loss.float() for _, _, loss, _ in pending), latent_trouble])
         if self.world > 1:
             stacked = self.accelerator.reduce(stacked, reduction="mean")
-        values = stacked.cpu().tolist()
+        *values, trouble = stacked.cpu().tolist()
+        if trouble:
+            raise TrainingFailed(
+                f"the VAE produced NaN or infinite latents for an image of steps {pending[0][0]}-{pending[-1][0]}",
+                self.nan_latents_remedy(),
+            )
         for (step, epoch, _, lr), value in zip(pending, values, strict=True):
             if not math.isfinite(value):
                 raise TrainingFailed(
@@ -472,13 +606,22 @@ class Trainer:
         from engine.sampling import sample_images
 
         a = self.answers
-        folder = (self.run_dir or a.output.dir / f"{a.output.name}.run") / "samples"
-        paths = sample_images(
-            self.unwrapped_model(), self.sample_prompts, folder, name=a.output.name, step=step,
-            seed=a.training.seed, clip_skip=a.training.clip_skip,
-        )
+        # The parked VAE and text encoders come back for the images; a compiled UNet runs
+        # uncompiled (the sampler's shapes would compile it again).
+        with self.parking.in_use("vae", "text_encoders"), self.uncompiled():
+            paths = sample_images(
+                self.unwrapped_model(), self.sample_prompts, self.run_folder() / "samples", name=a.output.name, step=step,
+                seed=a.training.seed, clip_skip=a.training.clip_skip,
+            )
         self.events.emit("sample", step=step, epoch=epoch, paths=[str(p) for p in paths],
                          prompts=[p.prompt for p in self.sample_prompts])
+
+    def uncompiled(self) -> Any:
+        if not self.answers.training.compile:
+            return nullcontext()
+        import torch
+
+        return torch.compiler.set_stance("force_eager")
 
     def poll_controls(self) -> str | None:
         """The main process reads the requests; with several processes it tells the others, so

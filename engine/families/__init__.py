@@ -87,11 +87,20 @@ class ModelFamily:
         raise NotImplementedError
 
 
-def load_base_model(path: str | Path, *, prediction: str = "auto", tokenizer: str | Path | None = None) -> LoadedModel:
-    """Load a base model from a diffusers folder or a single .safetensors / .ckpt file, offline."""
+def load_base_model(
+    path: str | Path, *, prediction: str = "auto", tokenizer: str | Path | None = None, vae: str | Path | None = None
+) -> LoadedModel:
+    """Load a base model from a diffusers folder or a single .safetensors / .ckpt file, offline;
+    with `vae`, that VAE (folder or file, engine/families/vae.py) replaces the model's own."""
     from engine.families.sd import load_sd_model
 
-    return load_sd_model(Path(path), prediction=prediction, tokenizer_dir=Path(tokenizer) if tokenizer else None)
+    model = load_sd_model(Path(path), prediction=prediction, tokenizer_dir=Path(tokenizer) if tokenizer else None)
+    if vae is not None:
+        from engine.families.vae import load_vae
+
+        model.vae = load_vae(Path(vae), model.vae)
+        model.notes.append(f"VAE from {vae} (replaces the model's own)")
+    return model
 
 
 @dataclass

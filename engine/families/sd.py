@@ -27,8 +27,10 @@ class StableDiffusion1(ModelFamily):
     default_resolution = 512
 
     def encode(self, model: LoadedModel, token_ids: list[Any], clip_skip: int = 1) -> dict[str, Any]:
+        from engine.devices import host_to_device
+
         text_encoder = model.text_encoders[0]
-        ids = token_ids[0].to(text_encoder.device)
+        ids = host_to_device(token_ids[0], text_encoder.device)
         if clip_skip == 1:
             hidden = text_encoder(ids, return_dict=False)[0]
         else:

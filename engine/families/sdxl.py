@@ -48,10 +48,12 @@ class StableDiffusionXL(ModelFamily):
     def encode(self, model: LoadedModel, token_ids: list[torch.Tensor], clip_skip: int = 1) -> dict[str, Any]:
         import torch
 
+        from engine.devices import host_to_device
+
         first, second = model.text_encoders
         layer = -(clip_skip + 1)  # SDXL conditions on the penultimate layer; clip skip goes further back
-        first_out = first(token_ids[0].to(_device_of(first)), output_hidden_states=True, return_dict=True)
-        second_out = second(token_ids[1].to(_device_of(second)), output_hidden_states=True, return_dict=True)
+        first_out = first(host_to_device(token_ids[0], _device_of(first)), output_hidden_states=True, return_dict=True)
+        second_out = second(host_to_device(token_ids[1], _device_of(second)), output_hidden_states=True, return_dict=True)
         hidden = torch.cat([first_out.hidden_states[layer], second_out.hidden_states[layer]], dim=-1)
         return {"encoder_hidden_states": hidden, "text_embeds": second_out.text_embeds}
 
@@ -68,9 +70,11 @@ class StableDiffusionXL(ModelFamily):
             side = 2 ** (len(model.vae.config.block_out_channels) - 1)
             size = (noisy_latents.shape[-1] * side, noisy_latents.shape[-2] * side)
             geometry = [ImageGeometry(size, (0, 0), size)] * noisy_latents.shape[0]
+        from engine.devices import host_to_device
+
         # float32 whatever the training precision: sizes above 2048 are not whole numbers in fp16 (the
         # UNet computes the sinusoid embedding in float32 anyway, as kohya does).
-        added = {"text_embeds": text_embeds, "time_ids": time_ids(geometry).to(text_embeds.device)}
+        added = {"text_embeds": text_embeds, "time_ids": host_to_device(time_ids(geometry), text_embeds.device)}
         return model.unet(
             noisy_latents, timesteps, encoder_hidden_states=conditioning["encoder_hidden_states"], added_cond_kwargs=added, return_dict=False
         )[0]
