@@ -333,3 +333,22 @@ def test_web_ui_folders_and_the_finished_loras_facts(tmp_path):
 
     with pytest.raises(UserError, match="does not exist"):
         copy_lora(lora, tmp_path / "nowhere")
+
+
+async def test_the_end_of_the_run_closes_an_open_question(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = recorded_run(tmp_path, until=at_step(230))
+    app = dashboard_app(tmp_path / "data", run, time.time())
+    lock = RunLock(run).__enter__()
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.screen.name == "dashboard" and app.screen.view.step == 230, "step 230")
+            await pilot.press("s")
+            await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen", "the stop question")
+            write_events(run, recorded_events(tmp_path)[len(events_until(tmp_path, at_step(230))):])
+            lock.__exit__(None, None, None)
+            await wait_for(pilot, lambda: app.screen.name == "finished", "the finish screen")
+            assert [screen.__class__.__name__ for screen in app.screen_stack][1:] == ["FinishScreen"]  # above the default screen
+            assert not (run / "control" / "stop").exists()
+    finally:
+        lock.__exit__(None, None, None)

@@ -151,6 +151,8 @@ class DashboardScreen(Screen):
                 self.query_one(SamplePanel).show(samples.step if samples else 0, samples.images if samples else [])
         if self.ended:
             self.ended = False  # show the ending once
+            while self.app.screen is not self:  # a question still open (stop?) has lost its point
+                self.app.pop_screen()
             self.app.show_run_ending(self.run_folder, self.view)
 
     def on_resize(self) -> None:
