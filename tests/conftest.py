@@ -48,3 +48,87 @@ def write_answers(folder: Path, model: Path, train: Path, reg: Path | None = Non
     path = folder / "answers.toml"
     path.write_text(tomli_w.dumps(data), encoding="utf-8")
     return path
+
+
+# --- torch threads and LoRA helpers (tests/engine/test_lora.py, test_sdxl.py, test_sampling.py, tests/tui/test_generate_command.py)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): tiny models
+    run fastest on one; on a shared 2-core machine two threads spin against each other (10-100x slower).
+    The count is restored at the module's end: a later bit-exact comparison must run with its usual threads."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def randomize_lora_weights(model, *, seed: int = 1, scale: float = 0.1, only_up: bool = True) -> None:
+    """Seeded random LoRA weights (`engine.lora.add_lora` starts lora_up at zero: such a LoRA changes
+    nothing): the up weights, or with `only_up=False` the down weights too, so one seed is one LoRA."""
+    import torch
+
+    from engine.lora import lora_parameters
+
+    unet_weights, text_weights = lora_parameters(model)  # lora_down, lora_up per layer
+    weights = unet_weights[1::2] + text_weights[1::2] if only_up else unet_weights + text_weights
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for weight in weights:
+            weight.copy_(torch.randn(weight.shape, generator=generator) * scale)
+
+
+def relative_difference(actual, expected) -> float:
+    """Largest absolute difference of two tensors, relative to the largest magnitude of `expected`."""
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+def library_warnings():
+    """`with library_warnings() as messages:` collects what diffusers, transformers and peft warn about in
+    the block: their logged warnings (their loggers do not propagate to root), then its Python warnings."""
+    import contextlib
+    import logging
+    import warnings
+
+    class Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    @contextlib.contextmanager
+    def collecting():
+        handler = Collect()
+        loggers = [logging.getLogger(name) for name in ("diffusers", "transformers", "peft")]
+        for logger in loggers:
+            logger.addHandler(handler)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                yield handler.messages
+        finally:
+            for logger in loggers:
+                logger.removeHandler(handler)
+        handler.messages.extend(str(warning.message) for warning in caught)
+
+    return collecting()
+
+
+def copy_with_nan_vae(model_dir: Path, copy: Path) -> Path:
+    """A copy of a diffusers model folder whose VAE encodes every image to NaN latents (as SDXL's does in fp16)."""
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    shutil.copytree(model_dir, copy)
+    vae = AutoencoderKL.from_pretrained(copy, subfolder="vae")
+    with torch.no_grad():
+        vae.quant_conv.bias.fill_(float("nan"))
+    vae.save_pretrained(copy / "vae")
+    return copy

@@ -8,13 +8,8 @@ from typing import Any
 
 from engine.errors import ModelFileError
 from engine.families import LoadedModel, ModelFamily
-from engine.families.sdxl import (
-    SDXL,
-    check_sdxl_folder,
-    is_sdxl_unet_config,
-    load_sdxl_folder,
-    read_unet_config,
-)
+from engine.families.diffusers_folder import check_weight_files, read_unet_config, training_scheduler
+from engine.families.sdxl import SDXL, check_sdxl_folder, is_sdxl_unet_config, load_sdxl_folder
 
 DIFFUSERS_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -98,13 +93,8 @@ def check_diffusers_folder(path: Path) -> dict[str, Any]:
                 where=path,
                 fix="copy the complete model folder (unet, vae, text_encoder, tokenizer, scheduler), or give a .safetensors file",
             )
-    for part, name in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")):
-        if not any((path / part).glob(f"{name}*.safetensors")) and not any((path / part).glob(f"{name}*.bin")):
-            raise ModelFileError(f"`{part}` holds no weights file ({name}.safetensors)", where=path / part, fix="copy the complete model folder")
-    try:
-        return json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelFileError(f"cannot read unet/config.json: {exc}", where=path / "unet") from None
+    check_weight_files(path, (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model")))
+    return read_unet_config(path)
 
 
 def load_diffusers_folder(path: Path, *, prediction: str = "auto") -> LoadedModel:
@@ -122,10 +112,7 @@ def load_diffusers_folder(path: Path, *, prediction: str = "auto") -> LoadedMode
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"cannot load this diffusers model: {exc}", where=path, fix="check the model folder is complete and not damaged") from None
-    scheduler_prediction = scheduler.config.get("prediction_type", "epsilon")
-    prediction_type = scheduler_prediction if prediction == "auto" else prediction
-    scheduler = DDPMScheduler.from_config(scheduler.config, prediction_type=prediction_type)
-    notes = [f"{family.label} diffusers folder, {prediction_type} prediction ({'from the scheduler config' if prediction == 'auto' else 'from the answers file'})"]
+    scheduler, prediction_type, note = training_scheduler(family, scheduler, prediction)
     return LoadedModel(
         family=family,
         unet=unet,
@@ -135,5 +122,5 @@ def load_diffusers_folder(path: Path, *, prediction: str = "auto") -> LoadedMode
         noise_scheduler=scheduler,
         prediction_type=prediction_type,
         source=path,
-        notes=notes,
+        notes=[note],
     )

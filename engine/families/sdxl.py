@@ -15,13 +15,13 @@ LoRA keys: `lora_unet_<SGM module path>` (engine/families/sgm_names.py), `lora_t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import ModelFileError
 from engine.families import ImageGeometry, LoadedModel, ModelFamily
+from engine.families.diffusers_folder import check_weight_files, training_scheduler
 from engine.families.sgm_names import sdxl_block_table, sgm_module_path
 
 if TYPE_CHECKING:
@@ -151,9 +151,7 @@ def load_sdxl_folder(path: Path, *, prediction: str = "auto") -> LoadedModel:
         scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"cannot load this SDXL model: {exc}", where=path, fix="check the model folder is complete and not damaged") from None
-    prediction_type = scheduler.config.get("prediction_type", "epsilon") if prediction == "auto" else prediction
-    scheduler = DDPMScheduler.from_config(scheduler.config, prediction_type=prediction_type)
-    origin = "from the scheduler config" if prediction == "auto" else "from the answers file"
+    scheduler, prediction_type, note = training_scheduler(SDXL, scheduler, prediction)
     return LoadedModel(
         family=SDXL,
         unet=unet,
@@ -163,7 +161,7 @@ def load_sdxl_folder(path: Path, *, prediction: str = "auto") -> LoadedModel:
         noise_scheduler=scheduler,
         prediction_type=prediction_type,
         source=path,
-        notes=[f"SDXL diffusers folder, {prediction_type} prediction ({origin})"],
+        notes=[note],
     )
 
 
@@ -179,16 +177,8 @@ def check_sdxl_folder(path: Path) -> None:
                 fix=f"copy the complete model folder ({', '.join(SDXL_DIFFUSERS_PARTS)}), or give a .safetensors file",
             )
     weights = (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model"), ("text_encoder_2", "model"))
-    for part, name in weights:
-        if not any((path / part).glob(f"{name}*.safetensors")) and not any((path / part).glob(f"{name}*.bin")):
-            raise ModelFileError(f"`{part}` holds no weights file ({name}.safetensors)", where=path / part, fix="copy the complete model folder")
+    check_weight_files(path, weights)
     for part in ("tokenizer", "tokenizer_2"):
         if not is_tokenizer_folder(path / part):
             raise ModelFileError(f"the `{part}` folder holds no vocab.json + merges.txt", where=path / part, fix="copy the complete model folder")
 
-
-def read_unet_config(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelFileError(f"cannot read unet/config.json: {exc}", where=path / "unet") from None

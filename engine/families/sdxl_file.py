@@ -26,18 +26,22 @@ from engine.families.single_file import (
     Architecture,
     TokenizerSearch,
     _indices,
-    _load_strictly,
     _shape,
     build_unet,
     build_vae,
+    clip_text_sizes,
     derive_unet_config,
     derive_vae_config,
     find_tokenizer,
     heads_for_width,
     is_tokenizer_folder,
     load_template,
+    load_text_encoder_strictly,
     load_tokenizer,
+    open_clip_text_sizes,
     prediction_from_file,
+    single_file_note,
+    template_scheduler,
 )
 
 FIRST_ENCODER_PREFIX = "conditioner.embedders.0.transformer."  # CLIP ViT-L, transformers' names
@@ -96,28 +100,17 @@ def derive_sdxl_unet_config(shapes: dict[str, tuple[int, ...]], path: Path) -> d
 
 def derive_first_text_encoder_config(shapes: dict[str, tuple[int, ...]], path: Path) -> dict[str, Any]:
     config = load_template("sdxl", "text_encoder")
-    vocab_size, hidden = _shape(shapes, FIRST_TEXT_MODEL_PREFIX + "embeddings.token_embedding.weight", path)
-    config.update(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        max_position_embeddings=_shape(shapes, FIRST_TEXT_MODEL_PREFIX + "embeddings.position_embedding.weight", path)[0],
-        num_hidden_layers=len(_indices(shapes, FIRST_TEXT_MODEL_PREFIX + "encoder.layers.")),
-        intermediate_size=_shape(shapes, FIRST_TEXT_MODEL_PREFIX + "encoder.layers.0.mlp.fc1.weight", path)[0],
-        num_attention_heads=heads_for_width(hidden, OPEN_CLIP_HEAD_WIDTH),
-    )
+    sizes = clip_text_sizes(shapes, FIRST_TEXT_MODEL_PREFIX, path)
+    config.update(sizes, num_attention_heads=heads_for_width(sizes["hidden_size"], OPEN_CLIP_HEAD_WIDTH))
     return config
 
 
 def derive_second_text_encoder_config(shapes: dict[str, tuple[int, ...]], path: Path) -> dict[str, Any]:
     config = load_template("sdxl", "text_encoder_2")
-    vocab_size, hidden = _shape(shapes, SECOND_ENCODER_PREFIX + "token_embedding.weight", path)
+    sizes = open_clip_text_sizes(shapes, SECOND_ENCODER_PREFIX, path)  # every block: the pooled output needs the last
     config.update(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        max_position_embeddings=_shape(shapes, SECOND_ENCODER_PREFIX + "positional_embedding", path)[0],
-        num_hidden_layers=len(_indices(shapes, SECOND_BLOCKS)),  # all of them: the pooled output needs the last
-        intermediate_size=_shape(shapes, SECOND_BLOCKS + "0.mlp.c_fc.weight", path)[0],
-        num_attention_heads=heads_for_width(hidden, OPEN_CLIP_HEAD_WIDTH),
+        sizes,
+        num_attention_heads=heads_for_width(sizes["hidden_size"], OPEN_CLIP_HEAD_WIDTH),
         projection_dim=_shape(shapes, SECOND_ENCODER_PREFIX + "text_projection", path)[1],
     )
     return config
@@ -148,11 +141,7 @@ def build_first_text_encoder(config: dict[str, Any], tensors: dict[str, Any], pa
         text_encoder = CLIPTextModel(CLIPTextConfig(**config))
     own = {key: value for key, value in tensors.items() if key.startswith(FIRST_ENCODER_PREFIX)}
     converted = convert_ldm_clip_checkpoint(own, remove_prefix=FIRST_ENCODER_PREFIX)
-    if not hasattr(text_encoder, "text_model"):  # transformers >= 5 flattened CLIPTextModel
-        converted = {key.removeprefix("text_model."): value for key, value in converted.items()}
-    converted.pop("embeddings.position_ids", None)  # a buffer transformers no longer saves
-    converted.pop("text_model.embeddings.position_ids", None)
-    return _load_strictly(text_encoder, converted, "first text encoder", path)
+    return load_text_encoder_strictly(text_encoder, converted, "first text encoder", path)
 
 
 def build_second_text_encoder(config: dict[str, Any], tensors: dict[str, Any], path: Path) -> Any:
@@ -164,8 +153,7 @@ def build_second_text_encoder(config: dict[str, Any], tensors: dict[str, Any], p
         text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**config))
     own = {key: value for key, value in tensors.items() if key.startswith(SECOND_ENCODER_PREFIX)}
     converted = convert_open_clip_checkpoint(text_encoder, own, prefix=SECOND_ENCODER_PREFIX)
-    converted.pop("text_model.embeddings.position_ids", None)
-    return _load_strictly(text_encoder, converted, "second text encoder", path)
+    return load_text_encoder_strictly(text_encoder, converted, "second text encoder", path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,8 +215,6 @@ def load_sdxl_single_file(
     path: Path, tensors: dict[str, Any], metadata: dict[str, str], architecture: Architecture, *, prediction: str, tokenizer_dir: Path | None
 ) -> LoadedModel:
     """Build the SDXL models from a file's tensors (read by single_file.read_checkpoint)."""
-    from diffusers import DDPMScheduler
-
     from engine.families.sdxl import SDXL
     from engine.families.single_file import missing_tokenizer_error
 
@@ -240,20 +226,18 @@ def load_sdxl_single_file(
     vae = build_vae(architecture.vae, tensors, path)
     first = build_first_text_encoder(architecture.text_encoder, tensors, path)
     second = build_second_text_encoder(architecture.text_encoder_2, tensors, path)
-    stored = sorted({str(value.dtype).removeprefix("torch.") for value in tensors.values() if value.is_floating_point()})
     prediction_type, reason = sdxl_prediction(path, tensors.keys(), metadata, prediction)
-    scheduler = DDPMScheduler.from_config(load_template("sdxl", "scheduler"), prediction_type=prediction_type)
     return LoadedModel(
         family=SDXL,
         unet=unet,
         vae=vae,
         text_encoders=[first, second],
         tokenizers=tokenizers,
-        noise_scheduler=scheduler,
+        noise_scheduler=template_scheduler("sdxl", prediction_type),
         prediction_type=prediction_type,
         source=path,
         notes=[
-            f"SDXL single file {path.name} (weights stored as {'/'.join(stored)}, loaded as float32)",
+            single_file_note(SDXL.label, path, tensors),
             f"{prediction_type} prediction: {reason}",
             f"tokenizers: {search.note}",
         ],

@@ -363,29 +363,42 @@ def derive_vae_config(shapes: dict[str, tuple[int, ...]], family: str, path: Pat
     return config
 
 
+def clip_text_sizes(shapes: dict[str, tuple[int, ...]], prefix: str, path: Path) -> dict[str, int]:
+    """CLIPTextConfig sizes of a CLIP text encoder stored in transformers' names under `prefix` (`...text_model.`)."""
+    vocab_size, hidden = _shape(shapes, prefix + "embeddings.token_embedding.weight", path)
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "max_position_embeddings": _shape(shapes, prefix + "embeddings.position_embedding.weight", path)[0],
+        "num_hidden_layers": len(_indices(shapes, prefix + "encoder.layers.")),
+        "intermediate_size": _shape(shapes, prefix + "encoder.layers.0.mlp.fc1.weight", path)[0],
+    }
+
+
+def open_clip_text_sizes(shapes: dict[str, tuple[int, ...]], prefix: str, path: Path) -> dict[str, int]:
+    """CLIPTextConfig sizes of an OpenCLIP text encoder stored in its own names under `prefix` (`...model.`),
+    every block counted."""
+    blocks = prefix + "transformer.resblocks."
+    vocab_size, hidden = _shape(shapes, prefix + "token_embedding.weight", path)
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "max_position_embeddings": _shape(shapes, prefix + "positional_embedding", path)[0],
+        "num_hidden_layers": len(_indices(shapes, blocks)),
+        "intermediate_size": _shape(shapes, blocks + "0.mlp.c_fc.weight", path)[0],
+    }
+
+
 def derive_text_encoder_config(shapes: dict[str, tuple[int, ...]], family: str, path: Path) -> dict[str, Any]:
     config = load_template(family, "text_encoder")
     template_head_width = config["hidden_size"] // config["num_attention_heads"]
     if family == "sd1":
-        prefix = CLIP_TEXT_MODEL_PREFIX
-        vocab_size, hidden = _shape(shapes, prefix + "embeddings.token_embedding.weight", path)
-        positions = _shape(shapes, prefix + "embeddings.position_embedding.weight", path)[0]
-        layers = len(_indices(shapes, prefix + "encoder.layers."))
-        intermediate = _shape(shapes, prefix + "encoder.layers.0.mlp.fc1.weight", path)[0]
+        sizes = clip_text_sizes(shapes, CLIP_TEXT_MODEL_PREFIX, path)
     else:
+        sizes = open_clip_text_sizes(shapes, OPEN_CLIP_PREFIX, path)
         # SD 2.x conditions on OpenCLIP's penultimate layer: diffusers' CLIPTextModel drops the last block.
-        vocab_size, hidden = _shape(shapes, OPEN_CLIP_PREFIX + "token_embedding.weight", path)
-        positions = _shape(shapes, OPEN_CLIP_PREFIX + "positional_embedding", path)[0]
-        layers = len(_indices(shapes, OPEN_CLIP_BLOCKS)) - 1
-        intermediate = _shape(shapes, OPEN_CLIP_BLOCKS + "0.mlp.c_fc.weight", path)[0]
-    config.update(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        max_position_embeddings=positions,
-        num_hidden_layers=layers,
-        intermediate_size=intermediate,
-        num_attention_heads=heads_for_width(hidden, template_head_width),
-    )
+        sizes["num_hidden_layers"] -= 1
+    config.update(sizes, num_attention_heads=heads_for_width(sizes["hidden_size"], template_head_width))
     return config
 
 
@@ -478,11 +491,16 @@ def build_text_encoder(family: str, config: dict[str, Any], tensors: dict[str, A
         converted = convert_ldm_clip_checkpoint({k: v for k, v in tensors.items() if k.startswith(CLIP_PREFIX)})
     else:
         converted = convert_open_clip_checkpoint(text_encoder, _penultimate_open_clip(tensors, config), prefix=OPEN_CLIP_PREFIX)
+    return load_text_encoder_strictly(text_encoder, converted, "text encoder", path)
+
+
+def load_text_encoder_strictly(text_encoder: Any, converted: dict[str, Any], part: str, path: Path) -> Any:
+    """Fill a CLIP text encoder built on the meta device with weights diffusers' converters renamed."""
     if not hasattr(text_encoder, "text_model"):  # transformers >= 5 flattened CLIPTextModel
         converted = {key.removeprefix("text_model."): value for key, value in converted.items()}
     converted.pop("embeddings.position_ids", None)  # a buffer transformers no longer saves
     converted.pop("text_model.embeddings.position_ids", None)
-    return _load_strictly(text_encoder, converted, "text encoder", path)
+    return _load_strictly(text_encoder, converted, part, path)
 
 
 def _penultimate_open_clip(tensors: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -691,8 +709,6 @@ def load_tokenizer(folder: Path, text_encoder_vocab: int, path: Path) -> Any:
 
 def load_single_file(path: Path, *, prediction: str = "auto", tokenizer_dir: Path | None = None) -> LoadedModel:
     """Load an SD 1.x / 2.x / SDXL single-file checkpoint offline, ready to train."""
-    from diffusers import DDPMScheduler
-
     from engine.families.sd import FAMILIES
 
     path = Path(path)
@@ -710,28 +726,36 @@ def load_single_file(path: Path, *, prediction: str = "auto", tokenizer_dir: Pat
     vae = build_vae(architecture.vae, tensors, path)
     text_encoder = build_text_encoder(architecture.family, architecture.text_encoder, tensors, path)
     tokenizer = load_tokenizer(search.folder, architecture.text_encoder["vocab_size"], path)
-    stored_dtypes = sorted({str(value.dtype).removeprefix("torch.") for value in tensors.values() if value.is_floating_point()})
+    file_note = single_file_note(family.label, path, tensors)
     from_file = prediction_from_file(path, tensors.keys(), metadata)
     del tensors
 
     prediction_type, reason = decide_prediction(architecture.family, prediction, from_file, unet)
-    scheduler = DDPMScheduler.from_config(load_template(architecture.family, "scheduler"), prediction_type=prediction_type)
-    notes = [
-        f"{family.label} single file {path.name} (weights stored as {'/'.join(stored_dtypes)}, loaded as float32)",
-        f"{prediction_type} prediction: {reason}",
-        f"tokenizer from {search.folder}",
-    ]
+    notes = [file_note, f"{prediction_type} prediction: {reason}", f"tokenizer from {search.folder}"]
     return LoadedModel(
         family=family,
         unet=unet,
         vae=vae,
         text_encoders=[text_encoder],
         tokenizers=[tokenizer],
-        noise_scheduler=scheduler,
+        noise_scheduler=template_scheduler(architecture.family, prediction_type),
         prediction_type=prediction_type,
         source=path,
         notes=notes,
     )
+
+
+def single_file_note(label: str, path: Path, tensors: dict[str, Any]) -> str:
+    """What was loaded, for the plan: `SD 1.x single file model.safetensors (weights stored as float16, ...)`."""
+    stored = sorted({str(value.dtype).removeprefix("torch.") for value in tensors.values() if value.is_floating_point()})
+    return f"{label} single file {path.name} (weights stored as {'/'.join(stored)}, loaded as float32)"
+
+
+def template_scheduler(family: str, prediction_type: str) -> Any:
+    """The family's published DDPM training scheduler (a single file carries none), set to `prediction_type`."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(load_template(family, "scheduler"), prediction_type=prediction_type)
 
 
 def inspect_base_model(path: Path, tokenizer: Path | None = None) -> ModelInfo:

@@ -8,8 +8,6 @@ attention in use, and decoding in worker processes giving the same LoRA and the 
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -21,7 +19,7 @@ from engine.devices import Parking, enable_tf32, loader_workers, offloadable_par
 from engine.events import EventLog
 from engine.plan import plan_training
 from engine.train import Controls, Interrupted, Trainer, build_optimizer, train
-from tests.conftest import write_answers
+from tests.conftest import copy_with_nan_vae, write_answers
 
 CPU = torch.device("cpu")
 
@@ -187,16 +185,9 @@ def test_a_run_stopped_and_resumed_with_workers_is_exact(tmp_path, tiny_model_di
 
 
 def test_uncached_nan_latents_stop_the_run_at_the_first_loss_read_back(tmp_path, tiny_model_dir, tiny_dataset):
-    from diffusers import AutoencoderKL
-
     from engine.train import TrainingFailed
 
-    broken = tmp_path / "broken"
-    shutil.copytree(tiny_model_dir, broken)
-    vae = AutoencoderKL.from_pretrained(broken, subfolder="vae")
-    with torch.no_grad():
-        vae.quant_conv.bias.fill_(float("nan"))
-    vae.save_pretrained(broken / "vae")
+    broken = copy_with_nan_vae(tiny_model_dir, tmp_path / "broken")
     answers = load_answers(write_answers(tmp_path, broken, tiny_dataset[0], training=UNCACHED))
     events = []
     trainer = Trainer(plan_training(answers), EventLog(None, [events.append]))

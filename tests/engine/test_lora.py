@@ -4,17 +4,15 @@ The checked-in list tests/engine/data/sd15_lora_modules.txt holds the 264 kohya 
 SD 1.5 (192 UNet + 72 text encoder), produced from the real SD 1.5 configuration built without
 weights. Regenerate it (only when the naming is meant to change) with:
 
-    python tests/engine/test_lora.py --write-sd15-list
+    python -m tests.engine.test_lora --write-sd15-list
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -35,6 +33,7 @@ from engine.lora import (
     save_lora_file,
 )
 from engine.tiny import build_tiny_sd1_pipeline
+from tests.conftest import library_warnings, randomize_lora_weights, relative_difference
 
 DATA = Path(__file__).parent / "data"
 SD15_LIST = DATA / "sd15_lora_modules.txt"
@@ -94,15 +93,6 @@ def lora_model(tiny_dir: Path, *, dim: int = 4, alpha: float = 2.0, train_text_e
     return model
 
 
-def randomize_up_weights(model: LoadedModel, seed: int = 1, scale: float = 0.1) -> None:
-    """lora_up starts at zero; small random values make the LoRA change the outputs."""
-    generator = torch.Generator().manual_seed(seed)
-    unet_weights, text_weights = lora_parameters(model)
-    with torch.no_grad():
-        for up in unet_weights[1::2] + text_weights[1::2]:
-            up.copy_(torch.randn(up.shape, generator=generator) * scale)
-
-
 def answers_for(tiny_dir: Path, **training: object) -> Answers:
     return answers_from_dict(
         {
@@ -136,10 +126,6 @@ def run_stats(**changes: object) -> dict:
     return stats
 
 
-def relative_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
-
-
 def fixed_inputs(model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(7)
     token_ids = model.family.tokenize(model, ["a photo of usu bear"])[0]
@@ -155,37 +141,14 @@ def outputs(unet, text_encoder, inputs) -> tuple[torch.Tensor, torch.Tensor]:
     return hidden, unet(latents, timesteps, encoder_hidden_states=hidden).sample
 
 
-class LogRecords(logging.Handler):
-    """Warnings logged by diffusers, transformers and peft (their loggers do not propagate to root)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-        self.loggers = [logging.getLogger(name) for name in ("diffusers", "transformers", "peft")]
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-    def __enter__(self) -> LogRecords:
-        for logger in self.loggers:
-            logger.addHandler(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for logger in self.loggers:
-            logger.removeHandler(self)
-
-
 def load_with_diffusers(tiny_dir: Path, lora_file: Path, inputs) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], list[str]]:
     """(base outputs, outputs with the LoRA, warnings) of a fresh diffusers pipeline loading `lora_file`."""
     from diffusers import StableDiffusionPipeline
 
     pipeline = StableDiffusionPipeline.from_pretrained(tiny_dir)
     base = outputs(pipeline.unet, pipeline.text_encoder, inputs)
-    with LogRecords() as records, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with library_warnings() as messages:
         pipeline.load_lora_weights(lora_file)
-    messages = records.messages + [str(warning.message) for warning in caught]
     return base, outputs(pipeline.unet, pipeline.text_encoder, inputs), messages
 
 
@@ -291,7 +254,7 @@ def test_metadata_spelled_as_kohya(tiny_dir):
 
 def test_saved_hashes_match_sd_scripts_algorithm(tiny_dir, tmp_path):
     model = lora_model(tiny_dir, dim=32)  # large enough to reach the legacy hash window at 1 MiB
-    randomize_up_weights(model)
+    randomize_lora_weights(model)
     tensors = kohya_state_dict(model, dtype=torch.float32)
     metadata = kohya_metadata(model=model, answers=answers_for(tiny_dir), stats=run_stats())
     path = save_lora_file(tmp_path / "usu_bear.safetensors", tensors, metadata)
@@ -317,7 +280,7 @@ def test_existing_file_is_not_overwritten(tiny_dir, tmp_path):
     tensors = kohya_state_dict(model, dtype=torch.float16)
     path = save_lora_file(tmp_path / "usu_bear.safetensors", tensors, {"ss_output_name": "usu_bear"})
     before = path.read_bytes()
-    randomize_up_weights(model)
+    randomize_lora_weights(model)
     changed = kohya_state_dict(model, dtype=torch.float16)
     with pytest.raises(UserError) as caught:
         save_lora_file(path, changed, {"ss_output_name": "usu_bear"})
@@ -335,7 +298,7 @@ def test_diffusers_loads_the_export_like_the_engine(tiny_dir, tmp_path):
     import diffusers  # noqa: F401  (imported before logs are captured: its import logs about torchvision)
 
     model = lora_model(tiny_dir, dim=4, alpha=2.0)  # alpha != dim: the scale must carry over
-    randomize_up_weights(model)
+    randomize_lora_weights(model)
     inputs = fixed_inputs(model)
     engine = outputs(model.unet, model.text_encoders[0], inputs)
     metadata = kohya_metadata(model=model, answers=answers_for(tiny_dir), stats=run_stats())
@@ -361,7 +324,7 @@ def test_diffusers_loads_the_export_like_the_engine(tiny_dir, tmp_path):
 
 def saved_lora(tiny_dir: Path, folder: Path, *, dim: int = 4, alpha: float = 2.0) -> tuple[LoadedModel, Path]:
     model = lora_model(tiny_dir, dim=dim, alpha=alpha)
-    randomize_up_weights(model)
+    randomize_lora_weights(model)
     path = save_lora_file(folder / "start.safetensors", kohya_state_dict(model, dtype=torch.float32), {})
     return model, path
 
@@ -407,7 +370,7 @@ def test_init_from_keys_of_another_model(tiny_dir, tmp_path):
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write-sd15-list"]:
-        sys.exit("usage: python tests/engine/test_lora.py --write-sd15-list")
+        sys.exit("usage: python -m tests.engine.test_lora --write-sd15-list")
     SD15_LIST.parent.mkdir(parents=True, exist_ok=True)
     SD15_LIST.write_text("\n".join(sd15_module_stems()) + "\n", encoding="utf-8")
     print(f"wrote {SD15_LIST}")

@@ -30,6 +30,7 @@ from engine.sampling import (
     sampler_key,
     weight_grid,
 )
+from tests.conftest import randomize_lora_weights
 
 PROMPT = SamplePrompt("a photo of usu bear", width=64, height=64, steps=2)
 SEED = 1234
@@ -39,19 +40,13 @@ SEED = 1234
 
 
 def random_lora_model(model_dir: Path, *, seed: int, text_encoder: bool):
-    """The tiny model with a LoRA whose up weights are random (a fresh LoRA is a no-op)."""
-    import torch
-
+    """The tiny model with a LoRA whose weights, down and up, are random from `seed` (a fresh LoRA is a no-op)."""
     from engine.families import load_base_model
-    from engine.lora import add_lora, lora_parameters
+    from engine.lora import add_lora
 
     model = load_base_model(model_dir)
     add_lora(model, dim=4, alpha=4, train_text_encoder=text_encoder)
-    unet_weights, text_weights = lora_parameters(model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for weight in unet_weights + text_weights:
-            weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
+    randomize_lora_weights(model, seed=seed, scale=0.3, only_up=False)
     return model
 
 
@@ -96,15 +91,7 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread; on a shared 2-core machine two threads are 10x slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,11 @@ from the real SDXL configuration (engine/families/configs/sdxl) built without we
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,14 +38,19 @@ from engine.lora import (
     kohya_metadata,
     kohya_module_stems,
     kohya_state_dict,
-    lora_parameters,
     save_lora_file,
 )
 from engine.plan import prepare_plan
 from engine.sampling import ImageMaker, SamplePrompt, generate, png_bytes, sample_images
 from engine.tiny import build_tiny_sdxl_pipeline, write_synthetic_dataset, write_tiny_sdxl_single_file
 from engine.train import Trainer
-from tests.conftest import write_answers
+from tests.conftest import (
+    copy_with_nan_vae,
+    library_warnings,
+    randomize_lora_weights,
+    relative_difference,
+    write_answers,
+)
 
 DATA = Path(__file__).parent / "data"
 SDXL_LIST = DATA / "sdxl_lora_modules.txt"
@@ -56,13 +59,7 @@ RESOLUTION = 96  # buckets of 64x128, 96x96 and 128x64 (multiples of 32, area up
 BUCKETS = {"buckets": True, "min_bucket": 64, "max_bucket": 128, "bucket_step": 32}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two torch threads on a shared two-core machine spin against each other (100x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- the reference list ----------------------------------------------------------------------------
@@ -331,27 +328,6 @@ def test_metadata_at_sdxl_default_resolution(sdxl_dir, mixed_dataset):
     assert metadata["ss_base_model_version"] == "sdxl_base_v1-0"
 
 
-class LogRecords(logging.Handler):
-    """Warnings logged by diffusers, transformers and peft (their loggers do not propagate to root)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-        self.loggers = [logging.getLogger(name) for name in ("diffusers", "transformers", "peft")]
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-    def __enter__(self) -> LogRecords:
-        for logger in self.loggers:
-            logger.addHandler(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for logger in self.loggers:
-            logger.removeHandler(self)
-
-
 @torch.no_grad()
 def model_outputs(unet, first, second, tokenizers) -> list[torch.Tensor]:
     """CLIP-L penultimate hidden states, bigG penultimate hidden states and pooled projection, and the
@@ -367,10 +343,6 @@ def model_outputs(unet, first, second, tokenizers) -> list[torch.Tensor]:
     return [first_hidden, second_out.hidden_states[-2], second_out.text_embeds, prediction]
 
 
-def relative_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
-
-
 def diffusers_outputs(model_dir: Path, lora_file: Path) -> tuple[list[torch.Tensor], list[torch.Tensor], list[str]]:
     """(base outputs, outputs with the LoRA, warnings) of a fresh StableDiffusionXLPipeline loading `lora_file`."""
     import diffusers  # noqa: F401  (its import logs about torchvision: before the capture)
@@ -379,10 +351,9 @@ def diffusers_outputs(model_dir: Path, lora_file: Path) -> tuple[list[torch.Tens
     pipeline = StableDiffusionXLPipeline.from_pretrained(model_dir, dtype=torch.float32)
     parts = (pipeline.unet, pipeline.text_encoder, pipeline.text_encoder_2, (pipeline.tokenizer, pipeline.tokenizer_2))
     base = model_outputs(*parts)
-    with LogRecords() as records, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with library_warnings() as messages:
         pipeline.load_lora_weights(lora_file)
-    return base, model_outputs(*parts), records.messages + [str(w.message) for w in caught]
+    return base, model_outputs(*parts), messages
 
 
 def engine_outputs(model: LoadedModel) -> list[torch.Tensor]:
@@ -405,11 +376,7 @@ def randomized_lora(model_dir: Path, scale: float = 0.1) -> LoadedModel:
     model = load_base_model(model_dir)
     torch.manual_seed(0)  # the down weights' random start: the same LoRA on every call
     add_lora(model, dim=4, alpha=2.0, train_text_encoder=True)  # alpha != dim: the scale must carry over
-    generator = torch.Generator().manual_seed(1)
-    unet_weights, text_weights = lora_parameters(model)
-    with torch.no_grad():
-        for up in unet_weights[1::2] + text_weights[1::2]:
-            up.copy_(torch.randn(up.shape, generator=generator) * scale)
+    randomize_lora_weights(model, seed=1, scale=scale)
     return model
 
 
@@ -576,16 +543,9 @@ def test_samples_from_the_live_model_match_its_saved_lora(sdxl_dir, sdxl_lora_di
 
 def test_nan_latents_fail_the_run(sdxl_dir, mixed_dataset, tmp_path):
     """A VAE that gives NaN (SDXL's does in fp16) stops the run before any step, recorded as failed."""
-    from diffusers import AutoencoderKL
-
     from engine.runs import create_run_folder, execute_run
 
-    broken = tmp_path / "broken"
-    shutil.copytree(sdxl_dir, broken)
-    vae = AutoencoderKL.from_pretrained(broken, subfolder="vae")
-    with torch.no_grad():
-        vae.quant_conv.bias.fill_(float("nan"))
-    vae.save_pretrained(broken / "vae")
+    broken = copy_with_nan_vae(sdxl_dir, tmp_path / "broken")
     train_dir, _ = mixed_dataset
     plan = prepare_plan(load_answers(write_answers(tmp_path / "run", broken, train_dir, dataset={"resolution": RESOLUTION})))
     folder = create_run_folder(plan.answers)
