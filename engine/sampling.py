@@ -306,21 +306,32 @@ class ImageMaker:
 
     @classmethod
     def from_path(
-        cls, path: str | Path, *, device: str | None = None, tokenizer: str | Path | None = None, prediction: str = "auto", clip_skip: int = 1
+        cls,
+        path: str | Path,
+        *,
+        device: str | None = None,
+        tokenizer: str | Path | None = None,
+        prediction: str = "auto",
+        clip_skip: int = 1,
+        vae: str | Path | None = None,
     ) -> ImageMaker:
-        """Load a base model (diffusers folder or single file) for inference: eval mode, fp16 on CUDA."""
+        """Load a base model (diffusers folder or single file) for inference: eval mode, fp16 on CUDA.
+        `vae` (a folder or file, as `[model] vae`) replaces the model's own VAE."""
         import torch
 
         from engine.families import load_base_model
 
         with _no_progress_bars():
-            model = load_base_model(path, prediction=prediction, tokenizer=tokenizer)
+            model = load_base_model(path, prediction=prediction, tokenizer=tokenizer, vae=vae)
         target = inference_device(device)
         dtype = inference_dtype(target)
+        # The base model's VAE stays fp32 (SD's, SDXL's above all, can overflow in fp16); a VAE given
+        # in its place is taken to be fp16-safe, as training takes it.
+        vae_dtype = dtype if vae is not None else torch.float32
         with _quiet_libraries():  # diffusers warns about any dtype cast, even of models with nothing to keep in fp32
             for module in (model.unet, *model.text_encoders):
                 module.to(target, dtype=dtype).eval().requires_grad_(False)
-            model.vae.to(target, dtype=torch.float32).eval().requires_grad_(False)  # SD's VAE can overflow in fp16
+            model.vae.to(target, dtype=vae_dtype).eval().requires_grad_(False)
         return cls(model, clip_skip=clip_skip)
 
     # --- LoRAs

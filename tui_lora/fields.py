@@ -83,6 +83,7 @@ PARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
     "output": (
         FieldSpec("output.dir", "path"),
         FieldSpec("output.name", "text"),
+        FieldSpec("output.tensorboard", "bool"),
     ),
     "samples": (
         # The first of [samples] prompts (a file may hold more; they are kept as they are).

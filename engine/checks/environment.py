@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Literal
 
 from engine.checks.defaults import family_defaults, trains_text_encoder_by_default
-from engine.checks.estimate import ComputeDevice, GiB, TrainingSetup, ram_needed_to_load, vram_needed
+from engine.checks.estimate import (
+    PART_NAMES,
+    ComputeDevice,
+    GiB,
+    TrainingSetup,
+    frozen_part_bytes,
+    memory_phases,
+    ram_needed_to_load,
+    vram_needed,
+)
 
 Status = Literal["ok", "warn", "fail"]
 STATUS_ORDER: dict[str, int] = {"ok": 0, "warn": 1, "fail": 2}
@@ -387,9 +396,13 @@ def recommend(
     network_dim: int = 8,
     train_text_encoder: bool | None = None,
     gradient_accumulation: int = 1,
+    captions_vary: bool = False,
+    fp16_safe_vae: bool = False,
 ) -> Recommendations:
     """Settings that fit this machine for a model family, with the reason for each.
-    `train_text_encoder` None: the family's default (SDXL trains the UNet only)."""
+    `train_text_encoder` None: the family's default (SDXL trains the UNet only). `captions_vary`
+    (tags shuffled or captions dropped) and `fp16_safe_vae` (`[model] vae` given) change what the
+    engine keeps on the GPU, as an answers file says."""
     if train_text_encoder is None:
         train_text_encoder = trains_text_encoder_by_default(family)
     device = training_device(facts)
@@ -413,13 +426,14 @@ def recommend(
     tightest = min(gpus, key=usable_vram)  # every process holds the same batch: the fullest GPU decides
     base = TrainingSetup(
         family=family, resolution=resolution, network_dim=network_dim, train_text_encoder=train_text_encoder,
-        gradient_accumulation=gradient_accumulation, processes=len(gpus),
+        gradient_accumulation=gradient_accumulation, processes=len(gpus), captions_vary=captions_vary,
+        fp16_safe_vae=fp16_safe_vae,
     )
     setup, reasons = _fit_to_vram(base, tightest, eight_bit_optimizer=_bitsandbytes_usable(facts))
     fits = vram_needed(setup) <= usable_vram(tightest)
     if not fits:
         warnings += (
-            f"{setup.cost.label} needs about {gib(vram_needed(setup))} even at batch size 1 with every saving; "
+            f"{setup.cost.label} needs about {_needed_in_words(setup)} even at batch size 1 with every saving; "
             f"this GPU has {gib(tightest.vram_total)}: expect it to run out of memory",
         )
     precision = "bf16" if gpu.supports_bf16 else "fp16"
@@ -430,9 +444,33 @@ def recommend(
         **common, batch_size=setup.batch_size, mixed_precision=precision,
         gradient_checkpointing=setup.gradient_checkpointing, half_precision_frozen_weights=setup.half_precision_frozen_weights,
         optimizer=setup.optimizer, processes=len(gpus), process_gpus=tuple(g.index for g in gpus), fits=fits,
-        reasons=(f"{precision}: compute capability {capability} {why_precision}", *reasons, *processes_reasons, *family_reasons, cached),
+        reasons=(
+            f"{precision}: compute capability {capability} {why_precision}", *reasons, *processes_reasons, *family_reasons, cached,
+            *_parking_reasons(setup),
+        ),
         warnings=warnings,
     )
+
+
+def _needed_in_words(setup: TrainingSetup) -> str:
+    """`"9.7 GiB"`, or which phase needs it when setup's caching is the larger."""
+    memory = memory_phases(setup)
+    if memory.peak_phase == "caching":
+        return (
+            f"{gib(memory.peak)} while caching the latents (every part on the GPU at once; "
+            f"{gib(memory.training)} while training)"
+        )
+    return gib(memory.peak)
+
+
+def _parking_reasons(setup: TrainingSetup) -> tuple[str, ...]:
+    """Which frozen parts wait in RAM while training, and what that frees."""
+    parked = sorted(setup.parked_parts)
+    if not parked:
+        return ()
+    freed = sum(size for name, size in frozen_part_bytes(setup).items() if name in parked)
+    names = " and ".join(PART_NAMES[name] for name in parked)
+    return (f"{names} wait in RAM once their outputs are cached: {gib(freed)} less VRAM while training",)
 
 
 def _bitsandbytes_usable(facts: MachineFacts) -> bool:

@@ -3,9 +3,13 @@
 Every number below is data with its source in a comment: a published figure, arithmetic on one,
 or a measurement of this project (bench/step_time.py). The model is deliberately small:
 
-    VRAM  = CUDA context + frozen weights (2 or 4 bytes a parameter)
-            + LoRA parameters x 16 bytes (fp32 weight, gradient, two AdamW moments; 10 with 8-bit AdamW)
-            + activations per image x batch size x (resolution / family resolution)^2
+    VRAM  = the larger of the run's two phases (engine/train.py Trainer.setup, then the steps):
+      caching  = CUDA context + every frozen part (UNet, text encoders, VAE) + the LoRA's fp32 weights
+                 + the VAE encoding one image (setup caches the latents with every part on the GPU)
+      training = CUDA context + the UNet + the frozen parts not parked in host memory after caching
+                 (engine.devices.parked_parts) + LoRA parameters x 16 bytes (fp32 weight, gradient,
+                 two AdamW moments; 10 with 8-bit AdamW)
+                 + activations per image x batch size x (resolution / family resolution)^2
     time  = TFLOP per image x batch / (GPU peak TFLOP/s x utilization(batch)) + fixed overhead,
             times gradient accumulation; on a CPU, the measured TFLOP/s per core instead.
 
@@ -21,6 +25,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from engine.devices import parked_parts
+
 GiB = 1024**3
 GB = 1000**3
 
@@ -32,36 +38,62 @@ class FamilyCost:
     family: str
     label: str
     resolution: int
-    frozen_params: int  # UNet + text encoder(s) + VAE
+    unet_params: int
+    text_encoder_params: int  # every text encoder of the family together
+    vae_params: int
     lora_params_per_rank_unet: int  # kohya's default targets
     lora_params_per_rank_text_encoders: int
     tflop_per_image: float  # one LoRA step, forward + backward, latents cached
     vae_encode_tflop: float  # added per image when latents are not cached
     activations_gib: float  # per image, without gradient checkpointing
     activations_checkpointed_gib: float  # per image, with gradient checkpointing
+    vae_encode_gib: float  # the tensors alive while the fp32 VAE encodes one image (its weights aside)
+
+    @property
+    def frozen_params(self) -> int:
+        return self.unet_params + self.text_encoder_params + self.vae_params
 
 
+# Parameter counts: computed from the shipped configs (engine/families/configs/<family>/*.json) on
+# the meta device; tests/engine/test_estimate_sources.py recomputes them. The three families share
+# one VAE architecture (83,653,863 parameters).
+# VAE encoding: the largest total of tensors alive while the VAE encodes one image in fp32, counted
+# on the meta device with attention as CUDA's memory-efficient kernel (no N x N score matrix): 0.625
+# GiB at 512 px, 2.5 GiB at 1024 px (five 128-channel full-size maps in a ResNet block); the test
+# above recounts it. The allocator's rounding and cuDNN's workspace come on top (not counted).
 FAMILY_COSTS: dict[str, FamilyCost] = {
-    # Parameter counts: computed from engine/families/configs/sd15 on the meta device
-    # (UNet 859,520,964 + CLIP-L 123,060,480 + VAE 83,653,863); LoRA targets as kohya's
-    # networks/lora.py (192 UNet + 72 text-encoder modules). TFLOP: performance-facts.md
-    # (UNet fwd ~0.80 TFLOP at 64x64 latents; a LoRA step ~2x fwd = 1.6; VAE encoder 1.13 at 512).
+    # SD 1.x: UNet 859,520,964 + CLIP-L 123,060,480 + VAE; LoRA targets as kohya's networks/lora.py
+    # (192 UNet + 72 text-encoder modules). TFLOP: performance-facts.md (UNet fwd ~0.80 TFLOP at 64x64
+    # latents; a LoRA step ~2x fwd = 1.6; VAE encoder 1.13 at 512).
     # Activations: kohya_ss#2474 (~4 GB for SD1.5 LoRA at batch 1 with checkpointing) minus
     # 2.0 GiB fp16 weights and 0.5 GiB context = ~1.5 GiB; checkpointing saves 1.25 GB
     # (performance-facts.md), so ~2.75 GiB without it.
-    "sd1": FamilyCost("sd1", "SD 1.x", 512, 1_066_235_307, 423_936, 165_888, 1.6, 1.13, 2.75, 1.5),
-    # SD 2.x: computed from engine/families/configs/sd2 (UNet 865,910,724, OpenCLIP-H text
-    # encoder 340,387,840 with 23 layers, VAE 83,653,863). The UNet has SD 1.x's shape and cost
-    # per latent pixel, so FLOPs and activations are SD 1.x's (arithmetic, not measured).
-    "sd2": FamilyCost("sd2", "SD 2.x", 512, 1_289_952_427, 432_128, 423_936, 1.6, 1.13, 2.75, 1.5),
-    # SDXL: parameters computed from the SDXL base UNet config (2,567,463,684) + CLIP-L
-    # (123,060,480) + OpenCLIP-bigG with projection (694,659,840) + VAE (83,653,863).
+    "sd1": FamilyCost(
+        "sd1", "SD 1.x", 512, unet_params=859_520_964, text_encoder_params=123_060_480, vae_params=83_653_863,
+        lora_params_per_rank_unet=423_936, lora_params_per_rank_text_encoders=165_888, tflop_per_image=1.6,
+        vae_encode_tflop=1.13, activations_gib=2.75, activations_checkpointed_gib=1.5, vae_encode_gib=0.625,
+    ),
+    # SD 2.x: UNet 865,910,724, OpenCLIP-H text encoder 340,387,840 with 23 layers, VAE. The UNet
+    # has SD 1.x's shape and cost per latent pixel, so FLOPs and activations are SD 1.x's
+    # (arithmetic, not measured).
+    "sd2": FamilyCost(
+        "sd2", "SD 2.x", 512, unet_params=865_910_724, text_encoder_params=340_387_840, vae_params=83_653_863,
+        lora_params_per_rank_unet=432_128, lora_params_per_rank_text_encoders=423_936, tflop_per_image=1.6,
+        vae_encode_tflop=1.13, activations_gib=2.75, activations_checkpointed_gib=1.5, vae_encode_gib=0.625,
+    ),
+    # SDXL: UNet 2,567,463,684 + CLIP-L 123,060,480 + OpenCLIP-bigG with projection 694,659,840 + VAE.
     # TFLOP: performance-facts.md (LoRA step ~13.5 TFLOP at 128x128 latents; VAE 4x SD's at 1024).
-    # Activations: sd-scripts docs/train_SDXL-en.md (LoRA "10 GB recommended" with all savings
-    # at batch 1) minus 6.5 GiB fp16 weights and 0.5 GiB context = ~2.5 GiB with checkpointing;
-    # without it, SD 1.x's 1.25 GB scaled by the forward FLOP ratio 6.8 / 0.8 = 8.5 (~+10.6):
-    # derived, not measured.
-    "sdxl": FamilyCost("sdxl", "SDXL", 1024, 3_468_837_867, 2_659_840, 903_168, 13.5, 4.52, 13.1, 2.5),
+    # Activations: sd-scripts docs/train_SDXL-en.md: a LoRA "can be done with 8GB GPU memory (10GB
+    # recommended)" with the UNet only, cached text-encoder outputs and latents (kohya then keeps
+    # the text encoders and the VAE on the CPU), checkpointing and an 8-bit optimizer at dim 4-8:
+    # 8 GiB minus the 4.8 GiB fp16 UNet, 0.5 GiB context and ~0.2 GiB LoRA state = ~2.5 GiB with
+    # checkpointing. Without it, SD 1.x's 1.25 GB scaled by the forward FLOP ratio
+    # 6.8 / 0.8 = 8.5 (~+10.6): derived, not measured.
+    "sdxl": FamilyCost(
+        "sdxl", "SDXL", 1024, unet_params=2_567_463_684, text_encoder_params=817_720_320, vae_params=83_653_863,
+        lora_params_per_rank_unet=2_659_840, lora_params_per_rank_text_encoders=903_168, tflop_per_image=13.5,
+        vae_encode_tflop=4.52, activations_gib=13.1, activations_checkpointed_gib=2.5, vae_encode_gib=2.5,
+    ),
 }
 
 # The CUDA context plus cuBLAS / cuDNN workspaces of one process (assumed, typically 0.3-0.6 GB).
@@ -71,6 +103,9 @@ CUDA_CONTEXT_GIB = 0.5
 # moments (2; its per-block scales are a few bytes per 2,048 values). Prodigy: two moments and
 # its `s` and `p0` copies (16).
 BYTES_PER_TRAINED_PARAM = {"adamw": 16, "adamw8bit": 10, "prodigy": 24}
+# While setup caches the latents the LoRA exists, as fp32 weights, but has no gradient or optimizer
+# state yet (torch's optimizers create their state at the first step).
+BYTES_PER_LORA_WEIGHT = 4
 # Gradient checkpointing costs ~18% speed (performance-facts.md).
 CHECKPOINTING_SLOWDOWN = 1 / (1 - 0.18)
 # fp32 instead of fp16 mixed precision: 2.2x slower on a T4 (performance-facts.md).
@@ -161,6 +196,16 @@ class TrainingSetup:
     train_text_encoder: bool = True
     optimizer: str = "adamw"  # a key of BYTES_PER_TRAINED_PARAM
     processes: int = 1  # data-parallel processes, one GPU each; the figures are per process
+    captions_vary: bool = False  # tags shuffled or captions dropped: the text encoders' outputs are not cached
+    fp16_safe_vae: bool = False  # `[model] vae` given: the VAE runs in the training precision, else fp32
+
+    @property
+    def parked_parts(self) -> frozenset[str]:
+        """The frozen parts the engine moves to host memory once setup has cached their outputs
+        ("vae", "text_encoders"): the engine's own rule."""
+        return parked_parts(
+            latents_cached=self.cache_latents, text_encoders_trained=self.train_text_encoder, captions_vary=self.captions_vary
+        )
 
     @property
     def cost(self) -> FamilyCost:
@@ -181,13 +226,30 @@ class TrainingSetup:
 
 
 @dataclass(frozen=True)
+class MemoryPhases:
+    """VRAM (bytes, the CUDA context included) of a run's two phases; it needs the larger."""
+
+    caching: int | None  # setup caching the latents, every part on the GPU; None when latents are not cached
+    training: int  # the steps, with the parked parts in host memory
+
+    @property
+    def peak(self) -> int:
+        return max(self.training, self.caching or 0)
+
+    @property
+    def peak_phase(self) -> Literal["caching", "training"]:
+        return "caching" if (self.caching or 0) > self.training else "training"
+
+
+@dataclass(frozen=True)
 class Estimate:
     setup: TrainingSetup
-    vram_needed: int | None  # bytes; None when training does not run on a GPU
+    vram_needed: int | None  # bytes, the larger phase; None when training does not run on a GPU
     seconds_per_step: float | None  # None when no speed figure is known for the device
     steps: int | None
     basis: str  # which speed figure the time comes from
     notes: tuple[str, ...] = field(default_factory=tuple)
+    memory: MemoryPhases | None = None  # None when training does not run on a GPU
 
     @property
     def total_seconds(self) -> float | None:
@@ -196,20 +258,54 @@ class Estimate:
         return self.seconds_per_step * self.steps
 
 
-def training_memory(setup: TrainingSetup) -> int:
-    """Bytes a run needs on its device: weights, trained parameters and activations."""
+def frozen_part_bytes(setup: TrainingSetup) -> dict[str, float]:
+    """Bytes of each frozen part on the GPU ("unet", "text_encoders", "vae"): in the training
+    precision, except the base model's VAE, which the engine keeps in fp32 (SDXL's overflows in
+    fp16); a VAE from `[model] vae` is taken to be fp16-safe and runs in the training precision."""
     cost = setup.cost
     weight_bytes = 2 if setup.half_precision_frozen_weights else 4
+    return {
+        "unet": cost.unet_params * weight_bytes,
+        "text_encoders": cost.text_encoder_params * weight_bytes,
+        "vae": cost.vae_params * _vae_bytes(setup),
+    }
+
+
+def _vae_bytes(setup: TrainingSetup) -> int:
+    return 2 if setup.fp16_safe_vae and setup.half_precision_frozen_weights else 4
+
+
+def vae_encode_memory(setup: TrainingSetup) -> float:
+    """Bytes the VAE's tensors take while it encodes one image (the engine encodes them one at a
+    time) at the run's resolution, in the VAE's precision."""
+    return setup.cost.vae_encode_gib * GiB * setup.pixels_scale * _vae_bytes(setup) / 4
+
+
+def memory_phases(setup: TrainingSetup) -> MemoryPhases:
+    """VRAM while setup caches the latents and while training steps (engine/train.py Trainer.setup:
+    every part goes to the GPU and the LoRA is added before the latents and captions are cached;
+    then the parts in `setup.parked_parts` move to host memory). Encoding a caption takes next to
+    nothing beside the VAE's work, so the caching phase is the VAE's."""
+    cost = setup.cost
+    context = CUDA_CONTEXT_GIB * GiB
+    parts = frozen_part_bytes(setup)
     per_rank = cost.lora_params_per_rank_unet + (cost.lora_params_per_rank_text_encoders if setup.train_text_encoder else 0)
-    activations = cost.activations_checkpointed_gib if setup.gradient_checkpointing else cost.activations_gib
-    total = cost.frozen_params * weight_bytes
-    total += per_rank * setup.network_dim * BYTES_PER_TRAINED_PARAM[setup.optimizer]
-    total += activations * GiB * setup.batch_size * setup.pixels_scale
-    return int(total)
+    lora_params = per_rank * setup.network_dim
+    activations_gib = cost.activations_checkpointed_gib if setup.gradient_checkpointing else cost.activations_gib
+    activations = activations_gib * GiB * setup.batch_size * setup.pixels_scale
+    resident = sum(size for name, size in parts.items() if name not in setup.parked_parts)
+    # Without a latent cache the VAE encodes each image at each step, before the UNet's forward pass.
+    step_work = activations if setup.cache_latents else max(activations, vae_encode_memory(setup))
+    training = context + resident + lora_params * BYTES_PER_TRAINED_PARAM[setup.optimizer] + step_work
+    caching = None
+    if setup.cache_latents:
+        caching = int(context + sum(parts.values()) + lora_params * BYTES_PER_LORA_WEIGHT + vae_encode_memory(setup))
+    return MemoryPhases(caching=caching, training=int(training))
 
 
 def vram_needed(setup: TrainingSetup) -> int:
-    return int(training_memory(setup) + CUDA_CONTEXT_GIB * GiB)
+    """Bytes a run needs on each GPU: the larger of its phases."""
+    return memory_phases(setup).peak
 
 
 def gpu_speed(name: str, compute_capability: tuple[int, int] | None) -> tuple[GpuSpeed | None, bool]:
@@ -278,14 +374,37 @@ def estimate(setup: TrainingSetup, device: ComputeDevice, steps: int | None = No
             f"{setup.effective_batch} images (batch size x processes x accumulation), so a run has "
             f"{setup.processes}x fewer steps (the gradient exchange between GPUs is not counted)"
         )
+    memory = memory_phases(setup) if on_gpu else None
+    if memory is not None:
+        notes += memory_notes(setup, memory)
     return Estimate(
         setup=setup,
-        vram_needed=vram_needed(setup) if on_gpu else None,
+        vram_needed=memory.peak if memory else None,
         seconds_per_step=seconds,
         steps=steps,
         basis=basis,
         notes=tuple(notes),
+        memory=memory,
     )
+
+
+PART_NAMES = {"vae": "the VAE", "text_encoders": "the text encoders"}
+
+
+def memory_notes(setup: TrainingSetup, memory: MemoryPhases) -> list[str]:
+    """What the phases mean for VRAM, in words."""
+    notes = []
+    parked = sorted(setup.parked_parts)
+    if parked:
+        freed = sum(size for name, size in frozen_part_bytes(setup).items() if name in parked)
+        names = " and ".join(PART_NAMES[name] for name in parked)
+        notes.append(f"after caching, {names} wait in RAM: {freed / GiB:.1f} GiB less VRAM while training")
+    if memory.peak_phase == "caching":
+        notes.append(
+            f"VRAM peaks while setup caches the latents ({memory.caching / GiB:.1f} GiB, every part on the GPU at once); "
+            f"training needs {memory.training / GiB:.1f} GiB"
+        )
+    return notes
 
 
 def ram_needed_to_load(family: str, platform: str) -> tuple[int, str]:

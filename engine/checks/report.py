@@ -32,6 +32,7 @@ from engine.checks.environment import (
 )
 from engine.checks.estimate import FAMILY_COSTS, Estimate, TrainingSetup, estimate
 from engine.config import Answers
+from engine.devices import captions_vary
 from engine.errors import UserError
 from engine.plan import check_output_free
 
@@ -87,6 +88,8 @@ def run_checks(
         network_dim=answers.network.dim,
         train_text_encoder=answers.network.train_text_encoder,
         gradient_accumulation=answers.training.gradient_accumulation,
+        captions_vary=captions_vary(answers),
+        fp16_safe_vae=answers.model.vae is not None,
     )
     run_estimate = estimate(_answers_setup(answers, family, recommendations), training_device(facts), steps)
     run_items += [
@@ -232,14 +235,23 @@ def estimate_item(run_estimate: Estimate, facts: MachineFacts) -> CheckItem:
         remedy = "train on a GPU machine (e.g. over SSH) for real runs" if status == "warn" else None
         return CheckItem("run.estimate", "run", title, status, summary, remedy)
     needed = run_estimate.vram_needed
-    summary = f"~{gib(needed)} VRAM of {gib(gpu.vram_total)}; {summary}"
+    memory = run_estimate.memory
+    caching_peak = memory is not None and memory.peak_phase == "caching"
+    phase = f" (caching the latents; training ~{gib(memory.training)})" if caching_peak else ""
+    summary = f"~{gib(needed)} VRAM of {gib(gpu.vram_total)}{phase}; {summary}"
     if needed <= usable_vram(gpu):
         return CheckItem("run.estimate", "run", title, "ok", summary)
     spill = "Windows spills to RAM and runs 10-100x slower (kohya_ss#1730)" if facts.platform == "win32" else "expect out of memory"
-    remedy = "lower [training] batch_size, or set gradient_checkpointing = true"
+    remedy = _caching_remedy(run_estimate.setup) if caching_peak else "lower [training] batch_size, or set gradient_checkpointing = true"
     if needed <= gpu.vram_total:
         return CheckItem("run.estimate", "run", title, "warn", summary + ": tight", remedy)
     return CheckItem("run.estimate", "run", title, "fail", summary + f": does not fit, {spill}", remedy)
+
+
+def _caching_remedy(setup: TrainingSetup) -> str:
+    """What lowers the caching phase: not the batch size, only the VAE's share and the image size."""
+    vae = "" if setup.fp16_safe_vae else "set [model] vae to an fp16-safe VAE (it runs in half precision: half the VAE's share), or "
+    return f"{vae}lower [dataset] resolution; batch size and gradient checkpointing do not change this phase"
 
 
 def _recommended_setup(recommendations: Recommendations, family: str, resolution: int | None) -> TrainingSetup:
@@ -272,6 +284,8 @@ def _answers_setup(answers: Answers, family: str, recommendations: Recommendatio
         train_text_encoder=answers.network.train_text_encoder,
         optimizer=training.optimizer,
         processes=training.processes,
+        captions_vary=captions_vary(answers),
+        fp16_safe_vae=answers.model.vae is not None,
     )
 
 
@@ -348,6 +362,10 @@ def report_to_dict(report: CheckReport) -> dict[str, Any]:
             "half_precision_frozen_weights": est.setup.half_precision_frozen_weights,
             "cache_latents": est.setup.cache_latents,
             "vram_needed_bytes": est.vram_needed,
+            "vram_caching_bytes": est.memory.caching if est.memory else None,
+            "vram_training_bytes": est.memory.training if est.memory else None,
+            "parked_parts": sorted(est.setup.parked_parts),
+            "fp16_safe_vae": est.setup.fp16_safe_vae,
             "seconds_per_step": est.seconds_per_step,
             "steps": est.steps,
             "total_seconds": est.total_seconds,

@@ -30,11 +30,13 @@ from engine.checks.estimate import (
     GiB,
     TrainingSetup,
     estimate,
+    frozen_part_bytes,
     gpu_speed,
+    memory_phases,
     ram_needed_to_load,
     vram_needed,
 )
-from engine.checks.report import run_checks
+from engine.checks.report import estimate_item, run_checks
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -94,9 +96,9 @@ def item(items, item_id):
 @pytest.mark.parametrize(
     ("gpu", "expected"),
     [
-        # Under 10 GB: batch 1 (the seed article); fp32 frozen weights do not fit, half do;
-        # Turing has no bf16.
-        (CARD_8GB, (1, "fp16", False, True, True)),
+        # Under 10 GB: batch 1 (the seed article); with the VAE in RAM once the latents are cached,
+        # fp32 frozen weights fit (7.0 GiB while training, of 7.2 usable); Turing has no bf16.
+        (CARD_8GB, (1, "fp16", False, False, True)),
         # 12 GB: two images with fp32 frozen weights; four would not fit.
         (CARD_12GB, (2, "bf16", False, False, True)),
         # 24 GB and 80 GB: the largest batch offered, nothing to save.
@@ -115,8 +117,10 @@ WITH_BITSANDBYTES = {**{name: "99.0" for name in REQUIRED_PACKAGES}, "bitsandbyt
 # SDXL, the UNet only (kohya's default): (batch, precision, checkpointing, half-precision frozen
 # weights, fits, optimizer with bitsandbytes installed, optimizer without it).
 SDXL_PER_CARD = {
-    # Does not fit 8 GB even with every saving (this engine keeps both text encoders on the GPU):
-    # said so, not hidden; every saving is still recommended, 8-bit AdamW among them.
+    # Does not fit 8 GB even with every saving: training, with the VAE and both text encoders in
+    # RAM, needs 8.0 GiB, and setup caches the latents with every part on the GPU and the fp32 VAE
+    # encoding at 1024 px (9.7 GiB). Said so, not hidden; every saving is still recommended,
+    # 8-bit AdamW among them.
     "8GB": (CARD_8GB, (1, "fp16", True, True, False), "adamw8bit", "adamw"),
     # 12 GB: kohya's low-VRAM recipe: batch 1, gradient checkpointing, 8-bit AdamW.
     "12GB": (CARD_12GB, (1, "bf16", True, True, True), "adamw8bit", "adamw"),
@@ -457,3 +461,71 @@ def test_estimate_per_process_notes_the_effective_batch():
     assert vram_needed(one) == vram_needed(two)  # per GPU
     assert estimate(one, gpu).seconds_per_step == estimate(two, gpu).seconds_per_step
     assert any("each step trains 4 images" in note for note in estimate(two, gpu).notes)
+
+
+# --- what the engine parks after caching ----------------------------------------------------------
+
+CARD_10GB = card("NVIDIA GeForce RTX 3080", 10, (8, 6))
+
+
+def answers_with(**sections):
+    from engine.config import Answers
+
+    data: dict = {"model": {"path": "m"}, "dataset": {"train_dir": "t"}, "output": {"name": "n"}}
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return Answers.model_validate(data)
+
+
+@pytest.mark.parametrize("cache_latents", ["memory", "disk", "off"])
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+@pytest.mark.parametrize("dataset", [{}, {"shuffle_tags": True}, {"caption_dropout": 0.1}])
+def test_the_estimate_parks_what_the_engine_parks(cache_latents, train_text_encoder, dataset):
+    from engine.checks.report import _answers_setup
+    from engine.devices import offloadable_parts
+
+    answers = answers_with(training={"cache_latents": cache_latents}, network={"train_text_encoder": train_text_encoder}, dataset=dataset)
+    setup = _answers_setup(answers, "sdxl", recommend(machine(CARD_24GB), family="sdxl"))
+    assert setup.parked_parts == offloadable_parts(answers)
+
+
+def test_parked_parts_leave_the_training_phase_and_stay_in_the_caching_phase():
+    unet_only = TrainingSetup(family="sdxl", train_text_encoder=False, gradient_checkpointing=True)
+    parts = frozen_part_bytes(unet_only)
+    # SDXL's two text encoders in bf16, and the base model's VAE in fp32 (the engine keeps it so).
+    assert parts["text_encoders"] == (123_060_480 + 694_659_840) * 2 and parts["vae"] == 83_653_863 * 4
+    lean = memory_phases(unet_only)
+    shuffled = memory_phases(replace(unet_only, captions_vary=True))  # the encoders run every step
+    assert shuffled.training - lean.training == parts["text_encoders"]
+    assert shuffled.caching == lean.caching  # setup holds every part either way
+    uncached = memory_phases(replace(unet_only, cache_latents=False))
+    assert uncached.caching is None and uncached.training - lean.training == parts["vae"]
+    # The peak is the larger phase, not their sum.
+    assert vram_needed(unet_only) == max(lean.caching, lean.training) < lean.caching + lean.training
+
+
+def test_sdxl_peaks_while_caching_and_an_fp16_safe_vae_lowers_that():
+    setup = TrainingSetup(family="sdxl", train_text_encoder=False, gradient_checkpointing=True, optimizer="adamw8bit")
+    memory = memory_phases(setup)
+    assert memory.peak_phase == "caching"
+    assert 9.6 * GiB < memory.caching < 9.8 * GiB and 7.9 * GiB < memory.training < 8.1 * GiB
+    safe = memory_phases(replace(setup, fp16_safe_vae=True))
+    # Half the VAE's weights and half its tensors while it encodes (2.5 GiB in fp32 at 1024 px).
+    assert memory.caching - safe.caching == pytest.approx(83_653_863 * 2 + 1.25 * GiB, abs=1)
+    assert safe.training == memory.training  # parked while training either way
+    notes = estimate(setup, ComputeDevice("cuda", "NVIDIA GeForce RTX 3080", compute_capability=(8, 6))).notes
+    assert any("the text encoders and the VAE wait in RAM: 1.8 GiB less VRAM while training" in note for note in notes)
+    assert any("VRAM peaks while setup caches the latents (9.7 GiB" in note and "training needs 8.0 GiB" in note for note in notes)
+
+
+def test_a_10gb_card_fits_sdxl_with_an_fp16_safe_vae_only():
+    facts = machine(CARD_10GB, packages=WITH_BITSANDBYTES)
+    base = recommend(facts, family="sdxl")
+    assert not base.fits and "while caching the latents" in base.warnings[0]
+    assert recommend(facts, family="sdxl", fp16_safe_vae=True).fits
+    assert any("the text encoders and the VAE wait in RAM" in reason for reason in base.reasons)
+    # The run's estimate says what lowers the caching phase: not the batch size.
+    setup = TrainingSetup(family="sdxl", train_text_encoder=False, gradient_checkpointing=True, optimizer="adamw8bit")
+    item_10gb = estimate_item(estimate(setup, ComputeDevice("cuda", CARD_10GB.name, compute_capability=(8, 6))), facts)
+    assert item_10gb.status == "warn" and "(caching the latents; training ~8.0 GiB)" in item_10gb.summary
+    assert "[model] vae" in item_10gb.remedy and "batch_size" not in item_10gb.remedy

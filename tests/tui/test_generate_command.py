@@ -3,6 +3,7 @@ the weight grid, the errors a user sees (exit 2, no traceback), and resumable re
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -172,3 +173,52 @@ def test_reg_generate_bad_input_is_one_clear_message_and_exit_2(args, says, tmp_
     assert reg(*args) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err
+
+
+# --- another VAE: [model] vae in an answers file, or --vae ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_vae(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny model's VAE with its decoder's last layer changed: the same latents decode to another image."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(tiny_model_dir, subfolder="vae")
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.mul_(1.5)
+        vae.decoder.conv_out.bias.add_(0.3)
+    folder = tmp_path_factory.mktemp("other-vae") / "vae"
+    vae.save_pretrained(folder)
+    return folder
+
+
+def pixels(path: Path) -> tuple[tuple[int, int], bytes]:
+    """An image's size and RGB bytes."""
+    with Image.open(path) as image:
+        return image.size, image.convert("RGB").tobytes()
+
+
+def test_the_answers_files_vae_replaces_the_models_own(tiny_model_dir, tiny_dataset, other_vae, tmp_path, capsys):
+    train, _ = tiny_dataset
+    same = ["a bear", "--seed", "5", "--steps", "2"]
+    assert generate(tiny_model_dir, *same, "--size", "64", "--out", str(tmp_path / "base.png")) == 0
+    assert generate(tiny_model_dir, *same, "--size", "64", "--vae", str(other_vae), "--out", str(tmp_path / "vae.png")) == 0
+    # The answers file gives the model, its VAE and the size (its resolution, 64 px).
+    with_vae = write_answers(tmp_path / "with-vae", tiny_model_dir, train)
+    with_vae.write_text(with_vae.read_text(encoding="utf-8").replace("[model]\n", f"[model]\nvae = {json.dumps(str(other_vae))}\n"), encoding="utf-8")
+    without = write_answers(tmp_path / "without", tiny_model_dir, train)
+    for answers, name in ((with_vae, "answers-vae.png"), (without, "answers-plain.png")):
+        assert main(["generate", "--answers", str(answers), *same, "--out", str(tmp_path / name)]) == 0
+    assert pixels(tmp_path / "answers-vae.png")[0] == (64, 64)
+    assert pixels(tmp_path / "vae.png") != pixels(tmp_path / "base.png")
+    assert pixels(tmp_path / "answers-vae.png") == pixels(tmp_path / "vae.png")
+    assert pixels(tmp_path / "answers-plain.png") == pixels(tmp_path / "base.png")
+
+
+def test_a_vae_that_is_not_there_is_one_message(tiny_model_dir, tmp_path, capsys):
+    status = generate(tiny_model_dir, "a bear", "--vae", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.png"), *FAST)
+    err = capsys.readouterr().err
+    assert status == 2 and "`[model] vae`: nothing at this path" in err and "Traceback" not in err
+    assert main(["generate", "a bear"]) == 2
+    assert "no base model given" in capsys.readouterr().err

@@ -3,6 +3,8 @@
     lora-wizard generate --model BASE "a photo of usu bear <lora:usu_bear:0.8>" [--lora-dir DIR]
                          [--negative TEXT] [--size WxH] [--steps N] [--cfg X] [--seed N]
                          [--sampler NAME] [--count N] [--out PATH] [--weights 0,0.25,0.5,0.75,1]
+                         [--vae PATH]
+    lora-wizard generate --answers ANSWERS.toml "a photo of usu bear <lora:usu_bear>" ...
 
 `<lora:NAME:WEIGHT>` tags (several allowed; the weight defaults to 1) load NAME.safetensors from
 --lora-dir (default: the current folder, subfolders included) at that weight, in the UNet and the
@@ -10,6 +12,11 @@ text encoder alike, as AUTOMATIC1111 does. Weight 0 gives exactly the base model
 
 --weights makes one grid image, like the web UI's X/Y plot: one labelled column per weight of the
 first LoRA in the prompt (other LoRAs keep their weights), one row per image of --count.
+
+--answers takes the base model from a run's answers file as training loads it: its tokenizer,
+prediction type and `[model] vae` (an fp16-safe VAE in place of the model's own), its clip skip and
+its resolution as the image size; options given on the command line win. --vae gives such a VAE
+without an answers file.
 
 --out is a .png file for a single image or a grid, or a folder (default `generated/`) where the
 images are numbered after those already there: `00000-SEED.png`, `grid-00001-SEED.png`. Each PNG
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +48,11 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("prompt", help='the prompt, with LoRA tags, e.g. "a photo of usu bear <lora:usu_bear:0.8>"')
-    parser.add_argument("--model", type=Path, required=True, metavar="BASE", help="base model: a diffusers folder or a .safetensors / .ckpt file")
+    parser.add_argument("--model", type=Path, metavar="BASE", help="base model: a diffusers folder or a .safetensors / .ckpt file")
+    parser.add_argument(
+        "--answers", type=Path, metavar="FILE", help="take the model, its tokenizer and VAE, the clip skip and the size from this answers file"
+    )
+    parser.add_argument("--vae", type=Path, metavar="PATH", help="a VAE folder or file in place of the model's own (e.g. an fp16-safe one)")
     parser.add_argument("--lora-dir", type=Path, metavar="DIR", help="folder holding the LoRA files (default: the current folder)")
     parser.add_argument("--negative", default="", metavar="TEXT", help="negative prompt")
     parser.add_argument("--size", metavar="WxH", help="image size, e.g. 512x768 or 512 (default: the model's resolution)")
@@ -51,7 +63,7 @@ def register(subparsers) -> None:
     parser.add_argument("--count", type=int, default=1, metavar="N", help="images to make (rows of a grid), seeds seed..seed+N-1")
     parser.add_argument("--out", type=Path, metavar="PATH", help="a .png file (one image or a grid) or a folder (default generated/)")
     parser.add_argument("--weights", metavar="LIST", help="a grid over the first LoRA's weight, e.g. 0,0.25,0.5,0.75,1")
-    parser.add_argument("--clip-skip", type=int, default=1, metavar="N", help="use the text encoder's N-th last layer (2 for anime models)")
+    parser.add_argument("--clip-skip", type=int, metavar="N", help="use the text encoder's N-th last layer (2 for anime models; default 1)")
     parser.add_argument("--tokenizer", type=Path, metavar="DIR", help="tokenizer folder for a single-file model without one beside it")
     parser.add_argument("--device", metavar="DEVICE", help="cuda, mps or cpu (default: the best available)")
     parser.set_defaults(handler=run)
@@ -71,7 +83,12 @@ def run(args: argparse.Namespace) -> int:
     _, tags = parse_lora_tags(args.prompt)
     resolve_lora_files([name for name, _ in tags], args.lora_dir or Path.cwd())
 
-    maker = ImageMaker.from_path(args.model, device=args.device, tokenizer=args.tokenizer, clip_skip=args.clip_skip)
+    base = base_model(args)
+    maker = ImageMaker.from_path(
+        base.path, device=args.device, tokenizer=base.tokenizer, prediction=base.prediction, clip_skip=base.clip_skip, vae=base.vae
+    )
+    if size is None and base.resolution is not None:
+        size = (base.resolution, base.resolution)
     prompt = request(args, maker, size, sampler)
     first_seed = args.seed if args.seed is not None else _random_seed()
     seeds = [(first_seed + i) % SEED_RANGE for i in range(args.count)]
@@ -84,6 +101,52 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
+
+
+@dataclass
+class BaseModel:
+    """The base model to make images with, and how to load it."""
+
+    path: Path
+    tokenizer: Path | None = None
+    prediction: str = "auto"
+    vae: Path | None = None
+    clip_skip: int = 1
+    resolution: int | None = None  # None: the model family's
+
+
+def base_model(args: argparse.Namespace) -> BaseModel:
+    """From the answers file when one is given (as training loads the model), then the options on top."""
+    from engine.errors import UserError
+
+    base = _from_answers(args.answers) if args.answers else None
+    if base is None and args.model is None:
+        raise UserError("no base model given", fix="add --model BASE (a diffusers folder or a .safetensors file), or --answers ANSWERS.toml")
+    if base is None:
+        base = BaseModel(path=args.model)
+    elif args.model is not None:
+        base.path, base.tokenizer, base.prediction = args.model, None, "auto"  # the answers file's belong to its model
+    if args.tokenizer is not None:
+        base.tokenizer = args.tokenizer
+    if args.vae is not None:
+        base.vae = args.vae
+    if args.clip_skip is not None:
+        base.clip_skip = args.clip_skip
+    return base
+
+
+def _from_answers(path: Path) -> BaseModel:
+    from engine.config import load_answers
+
+    answers = load_answers(path, check_paths=False)  # the dataset need not be here; the model is checked as it loads
+    return BaseModel(
+        path=answers.model.path,
+        tokenizer=answers.model.tokenizer,
+        prediction=answers.model.prediction,
+        vae=answers.model.vae,
+        clip_skip=answers.training.clip_skip,
+        resolution=answers.dataset.resolution,
+    )
 
 
 def request(args: argparse.Namespace, maker: ImageMaker, size: tuple[int, int] | None, sampler: str | None) -> SamplePrompt:

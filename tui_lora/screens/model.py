@@ -1,10 +1,12 @@
-"""Base model: the path (typed with completion, or picked), what it is, and its tokenizer.
+"""Base model: the path (typed with completion, or picked), what it is, its tokenizer, and an
+optional VAE to use in place of the model's own (`[model] vae`).
 
 What the model is (SD 1.x / 2.x / SDXL, diffusers folder or single file, epsilon or
 v-prediction) and whether its tokenizer is found are read by the engine from headers and configs
 only, in a worker, each time the path settles. The family is kept in the draft, and its defaults
 (SDXL: 1024 px, the UNet only, its learning rates; SD 1.x/2.x: the schema's) replace those of
-the previous model wherever the user has not typed a value.
+the previous model wherever the user has not typed a value. A VAE path is looked at as cheaply
+(a folder's config, a file's header) when it settles.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from tui_lora.widgets.path_picker import PathPicker, starting_folder
 from tui_lora.widgets.status_rows import shown_path
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
+# What engine/families/vae.py reads besides a folder.
+VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 PREDICTIONS = ("auto", "epsilon", "v_prediction")
 # Wait this long after the last key before reading the model.
 SETTLE_SECONDS = 0.3
@@ -40,6 +44,18 @@ def read_model_info(path: str, tokenizer: str | None):
         return None, exc.render()
 
 
+def vae_problem(path: str) -> str | None:
+    """Why `[model] vae` cannot be used (nothing there, no VAE in it), or None."""
+    from engine.errors import UserError
+    from engine.families.vae import check_vae_path
+
+    try:
+        check_vae_path(Path(path).expanduser())
+    except UserError as exc:
+        return exc.message
+    return None
+
+
 class ModelScreen(WizardScreen):
     STEP = "model"
     AUTO_FOCUS = "#model-path"
@@ -51,6 +67,8 @@ class ModelScreen(WizardScreen):
         self.problem: str | None = None  # why it is not usable
         self.info_for: tuple[str, str | None] | None = None  # the paths `info` was read from
         self._timer = None
+        self._vae_timer = None
+        self.vae_refused = False  # the screen's error is the VAE's (Next refused it)
 
     def compose_body(self) -> ComposeResult:
         yield Static(t("model.intro"), classes="intro", markup=False)
@@ -73,9 +91,17 @@ class ModelScreen(WizardScreen):
             help=t("model.tokenizer_help"),
             id="row-tokenizer",
         )
+        yield FormRow(
+            t("model.vae"),
+            PathInput(self.draft.get("model.vae", ""), suffixes=VAE_SUFFIXES, id="vae", placeholder=t("model.vae_placeholder")),
+            help=t("model.vae_help"),
+            id="row-vae",
+        )
 
     def on_mount(self) -> None:
         self.inspect()
+        if self.draft.get("model.vae"):
+            self.check_vae()
 
     @on(Input.Changed, "#model-path, #tokenizer")
     def path_changed(self, event: Input.Changed) -> None:
@@ -85,6 +111,30 @@ class ModelScreen(WizardScreen):
         if self._timer is not None:
             self._timer.stop()
         self._timer = self.set_timer(SETTLE_SECONDS, self.inspect)
+
+    @on(Input.Changed, "#vae")
+    def vae_changed(self, event: Input.Changed) -> None:
+        self.draft.set("model.vae", event.value.strip() or None)
+        self.changed()
+        if self._vae_timer is not None:
+            self._vae_timer.stop()
+        self._vae_timer = self.set_timer(SETTLE_SECONDS, self.check_vae)
+
+    def check_vae(self) -> None:
+        self.read_vae(self.draft.get("model.vae"))
+
+    @work(thread=True, exclusive=True, group="vae", exit_on_error=False)
+    def read_vae(self, path: str | None) -> None:
+        problem = vae_problem(path) if path else None
+        self.app.call_from_thread(self.show_vae_problem, path, problem)
+
+    def show_vae_problem(self, path: str | None, problem: str | None) -> None:
+        if path != self.draft.get("model.vae"):
+            return  # the path changed meanwhile: a newer read follows
+        self.query_one("#row-vae", FormRow).show_error(problem)
+        if problem is None and self.vae_refused:
+            self.vae_refused = False
+            self.show_screen_error(None)
 
     @on(Select.Changed, "#prediction")
     def prediction_changed(self, event: Select.Changed) -> None:
@@ -155,6 +205,13 @@ class ModelScreen(WizardScreen):
             return False
         if self.info.tokenizer is None:
             self.show_screen_error(t("model.tokenizer_needed"))
+            return False
+        vae = self.draft.get("model.vae")
+        problem = vae_problem(vae) if vae else None
+        if problem is not None:
+            self.query_one("#row-vae", FormRow).show_error(problem)
+            self.show_screen_error(problem)
+            self.vae_refused = True
             return False
         return True
 

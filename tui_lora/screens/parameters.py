@@ -118,6 +118,7 @@ class ParametersScreen(WizardScreen):
             network_dim=self.draft.get("network.dim", 8),
             train_text_encoder=self.draft.get("network.train_text_encoder"),
             gradient_accumulation=self.draft.get("training.gradient_accumulation", 1),
+            fp16_safe_vae=self.draft.get("model.vae") is not None,  # the Model step's VAE runs in half precision
         )
         changed += self.app.apply_recommendations(recommendations)
         if changed:

@@ -1,0 +1,129 @@
+"""The estimate's counted figures (engine/checks/estimate.py FAMILY_COSTS), recounted from the configs
+the package ships (engine/families/configs) on the meta device: no weights, no GPU, a few seconds."""
+
+from __future__ import annotations
+
+import json
+import weakref
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from engine.checks.estimate import FAMILY_COSTS, GiB
+
+CONFIGS = Path(__file__).resolve().parents[2] / "engine" / "families" / "configs"
+CONFIG_FOLDERS = {"sd1": "sd15", "sd2": "sd2", "sdxl": "sdxl"}
+
+
+def meta_models(family: str) -> tuple:
+    """The family's UNet, text encoders and VAE, built from the shipped configs without weights."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    folder = CONFIGS / CONFIG_FOLDERS[family]
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet.json"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae.json"))
+        encoders = []
+        for name in ("text_encoder.json", "text_encoder_2.json"):
+            if (folder / name).exists():
+                config = json.loads((folder / name).read_text())
+                with_projection = config.get("architectures") == ["CLIPTextModelWithProjection"]
+                model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+                encoders.append(model_class(CLIPTextConfig(**config)))
+    return unet, encoders, vae
+
+
+def parameter_count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_COSTS))
+def test_parameter_counts_are_the_shipped_configs(family):
+    unet, encoders, vae = meta_models(family)
+    cost = FAMILY_COSTS[family]
+    assert cost.unet_params == parameter_count(unet)
+    assert cost.text_encoder_params == sum(map(parameter_count, encoders))
+    assert cost.vae_params == parameter_count(vae)
+
+
+def live_tensor_peak():
+    """A dispatch mode that follows the bytes of every tensor storage created inside it while it is
+    alive (weakref.finalize on the storage), and keeps the largest total: what a caching allocator
+    would hold at the worst moment, before its own rounding. Storages that exist beforehand (the
+    weights) are not counted, nor are views of them."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class LiveTensors(TorchDispatchMode):
+        def __init__(self, existing) -> None:
+            super().__init__()
+            self.existing = {t.untyped_storage()._cdata for t in existing}
+            self.sizes: dict[int, int] = {}
+            self.live = self.peak = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in tree_leaves(out):
+                if hasattr(tensor, "untyped_storage"):
+                    self._follow(tensor.untyped_storage())
+            self.peak = max(self.peak, self.live)
+            return out
+
+        def _follow(self, storage) -> None:
+            key = storage._cdata
+            if key in self.sizes or key in self.existing:
+                return
+            self.sizes[key] = storage.nbytes()
+            self.live += self.sizes[key]
+            weakref.finalize(storage, self._forget, key)
+
+        def _forget(self, key: int) -> None:
+            self.live -= self.sizes.pop(key)
+
+    return LiveTensors
+
+
+@contextmanager
+def memory_efficient_attention():
+    """Attention as CUDA's memory-efficient kernel holds it (output-sized, no N x N score matrix): on
+    the meta device torch falls back to the math path, which materializes the scores."""
+    import torch
+    import torch.nn.functional as F
+
+    def output_only(query, key, value, *args, **kwargs):
+        return torch.empty(*query.shape[:-1], value.shape[-1], dtype=query.dtype, device=query.device)
+
+    original = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = output_only
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def test_the_live_tensor_count_counts_what_is_alive_at_once():
+    import torch
+
+    with live_tensor_peak()(existing=()) as live:
+        first = torch.empty(1024, device="meta")  # 4 KiB
+        second = first * 2
+        del first
+        third = second * 2
+        del second
+        assert third.shape == (1024,)
+    assert live.peak == 2 * 4096
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_COSTS))
+def test_vae_encode_tensors_are_counted_as_the_table_says(family):
+    import torch
+
+    _, _, vae = meta_models(family)
+    cost = FAMILY_COSTS[family]
+    image = torch.empty(1, 3, cost.resolution, cost.resolution, device="meta")  # fp32, as the engine runs it
+    with torch.no_grad(), memory_efficient_attention(), live_tensor_peak()(existing=[*vae.parameters(), *vae.buffers()]) as live:
+        vae.encode(image).latent_dist.sample()
+    assert live.peak / GiB == pytest.approx(cost.vae_encode_gib, rel=0.01)
