@@ -132,3 +132,32 @@ def copy_with_nan_vae(model_dir: Path, copy: Path) -> Path:
         vae.quant_conv.bias.fill_(float("nan"))
     vae.save_pretrained(copy / "vae")
     return copy
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> Path:
+    """The demo's tiny model, dataset and answers (`lora-wizard demo`), built once; tests only read it."""
+    from engine.demo import create_demo
+
+    folder = tmp_path_factory.getbasetemp() / "wizard-demo"
+    create_demo(folder)
+    return folder
+
+
+@pytest.fixture
+def english_locale(monkeypatch):
+    """The app in English, whatever the machine's locale."""
+    from tui_lora.i18n import set_language
+
+    monkeypatch.setenv("LANG", "en_US.UTF-8")
+    monkeypatch.delenv("LC_ALL", raising=False)
+    monkeypatch.delenv("LC_MESSAGES", raising=False)
+    yield
+    set_language("en")
+
+
+@pytest.fixture
+def workspace(tmp_path, english_locale, monkeypatch) -> Path:
+    """The folder the wizard runs in, in English (its draft and settings live in a private folder)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

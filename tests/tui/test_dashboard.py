@@ -20,7 +20,7 @@ from dashboard_support import (
     recorded_run,
     write_events,
 )
-from wizard_support import anyio_backend, english_locale, screen_text, shown, simulated_facts  # noqa: F401
+from wizard_support import anyio_backend, screen_text, shown, simulated_facts  # noqa: F401
 
 from engine.runs import RunLock
 from tui_lora.finish import copy_lora, finished_lora, lora_folder_in

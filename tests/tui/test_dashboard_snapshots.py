@@ -11,7 +11,7 @@ import time
 
 import pytest
 from dashboard_support import FixedMonitor, events_until, recorded_run
-from wizard_support import english_locale, simulated_facts  # noqa: F401
+from wizard_support import simulated_facts
 
 from engine.runs import RunLock
 

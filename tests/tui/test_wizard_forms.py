@@ -19,24 +19,9 @@ from wizard_support import (  # noqa: F401
 )
 
 from engine.config import load_answers
-from tui_lora.i18n import set_language
 from tui_lora.widgets.path_input import complete_path
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    return demo_folder(tmp_path_factory)
-
-
-@pytest.fixture
-def workspace(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LANG", "en_US.UTF-8")
-    monkeypatch.delenv("LC_ALL", raising=False)
-    yield tmp_path
-    set_language("en")
 
 
 def app_at(step: str, demo: Path, data: Path, **kwargs):

@@ -23,7 +23,6 @@ from wizard_support import (  # noqa: F401
 )
 
 from tui_lora.draft import Draft
-from tui_lora.i18n import set_language
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,23 +38,8 @@ BITSANDBYTES = "0.50.2"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    return demo_folder(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def sdxl_demo(tmp_path_factory) -> Path:
     return sdxl_demo_folder(tmp_path_factory)
-
-
-@pytest.fixture
-def workspace(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LANG", "en_US.UTF-8")
-    monkeypatch.delenv("LC_ALL", raising=False)
-    monkeypatch.delenv("LC_MESSAGES", raising=False)
-    yield tmp_path
-    set_language("en")
 
 
 def new_lora(demo: Path, step: str = "parameters") -> Draft:

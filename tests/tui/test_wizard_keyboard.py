@@ -3,8 +3,6 @@ sideways, and the footer shows the keys; Esc goes back."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from textual.widgets import Button, Checkbox, DataTable, Input, RadioSet, Select
 from wizard_support import anyio_backend, demo_folder, make_app, settle, shown  # noqa: F401
@@ -14,19 +12,6 @@ from engine.config import load_answers
 pytestmark = pytest.mark.anyio
 CONTROLS = (Input, Button, Select, Checkbox, RadioSet, DataTable)
 SCREENS = ["home", "environment", "model", "dataset", "parameters", "review"]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    return demo_folder(tmp_path_factory)
-
-
-@pytest.fixture
-def workspace(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LANG", "en_US.UTF-8")
-    monkeypatch.delenv("LC_ALL", raising=False)
-    return tmp_path
 
 
 def interactive(screen) -> list:

@@ -18,7 +18,6 @@ from wizard_support import (  # noqa: F401
 )
 
 from engine.config import load_answers
-from tui_lora.i18n import set_language
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,21 +25,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    return demo_folder(tmp_path_factory)
-
-
-@pytest.fixture
-def workspace(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LANG", "en_US.UTF-8")
-    monkeypatch.delenv("LC_ALL", raising=False)
-    monkeypatch.delenv("LC_MESSAGES", raising=False)
-    yield tmp_path
-    set_language("en")
 
 
 def app_at(step: str, demo: Path, data: Path):

@@ -30,21 +30,6 @@ else:  # pragma: no cover
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    return demo_folder(tmp_path_factory)
-
-
-@pytest.fixture
-def workspace(tmp_path, monkeypatch) -> Path:
-    """The folder the wizard runs in; the draft and settings live in a private folder."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LANG", "en_US.UTF-8")
-    monkeypatch.delenv("LC_ALL", raising=False)
-    monkeypatch.delenv("LC_MESSAGES", raising=False)
-    return tmp_path
-
-
 async def walk_to_review(pilot, demo: Path) -> None:
     """Home -> New LoRA -> every step, typing into the fields; stops on Review."""
     app = pilot.app

@@ -155,15 +155,3 @@ def sdxl_demo_folder(tmp_path_factory) -> Path:
 def anyio_backend() -> str:
     """Async tests run on asyncio (Textual's loop), through anyio's pytest plugin."""
     return "asyncio"
-
-
-@pytest.fixture
-def english_locale(monkeypatch):
-    """The app in English, whatever the machine's locale (use: autouse in a test module)."""
-    from tui_lora.i18n import set_language
-
-    monkeypatch.setenv("LANG", "en_US.UTF-8")
-    monkeypatch.delenv("LC_ALL", raising=False)
-    monkeypatch.delenv("LC_MESSAGES", raising=False)
-    yield
-    set_language("en")
