@@ -12,30 +12,18 @@ from pathlib import Path
 
 import pytest
 from textual.widgets import Input
-from wizard_support import demo_folder, make_app, settle
+from wizard_support import make_app, settle
 
 from engine.config import load_answers
 from engine.demo import demo_answers
 from engine.events import EventLog
 from tui_lora.draft import Draft
-from tui_lora.i18n import set_language
 
 SCREENS = ["home", "environment", "model", "dataset", "parameters", "review"]
 THEMES = ["lora-wizard-dark", "lora-wizard-light"]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    return demo_folder(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def english_locale(monkeypatch):
-    monkeypatch.setenv("LANG", "en_US.UTF-8")
-    monkeypatch.delenv("LC_ALL", raising=False)
-    monkeypatch.delenv("LC_MESSAGES", raising=False)
-    yield
-    set_language("en")
+pytestmark = pytest.mark.usefixtures("english_locale")  # tests/conftest.py, as `demo`
 
 
 def interrupted_run(workspace: Path, demo: Path) -> None:
