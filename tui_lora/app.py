@@ -178,15 +178,14 @@ class WizardApp(App[FollowUp | None]):
 
     def leave_dashboard(self, run_folder: Path, *, still_running: bool) -> None:
         """Leaving never stops training: it says so, and how to come back."""
-        if still_running:
-            self.farewell = t("dashboard.farewell", run=str(run_folder))
+        message = t("dashboard.farewell", run=str(run_folder)) if still_running else None
         if self.attached_run is not None:
+            self.farewell = message  # printed once the app has left the terminal
             self.exit([])
             return
         self.go_to(HOME)
-        if still_running:
-            self.notify(self.farewell, timeout=8)
-            self.farewell = None
+        if message:
+            self.notify(message, timeout=8)
 
     def show_run_ending(self, run_folder: Path, view) -> None:
         from tui_lora.finish import finished_lora

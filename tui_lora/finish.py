@@ -39,27 +39,28 @@ class FinishedLora:
 
 
 def finished_lora(run_folder: Path, lora: Path) -> FinishedLora:
-    """The facts of a finished run's LoRA, from its file and its frozen answers (read as written:
-    the base model may have moved since, which does not matter here)."""
-    from engine.config import tomllib
+    """The facts of a finished run's LoRA, from its file and its frozen answers (the base model
+    may have moved since, which does not matter here)."""
+    from engine.config import load_answers
+
+    answers_file = run_folder / "answers.toml"
+    try:
+        dataset = load_answers(answers_file, check_paths=False).dataset
+    except UserError:
+        instance = classes = []
+    else:
+        instance, classes = _concepts(dataset.train_dir), _concepts(dataset.reg_dir)
+    size = lora.stat().st_size if lora.is_file() else None
+    return FinishedLora(lora, size, tuple(instance), tuple(classes), answers_file)
+
+
+def _concepts(folder: Path | None) -> list[str]:
+    """The prompts of a kohya dataset's `N_<prompt>` folders."""
     from engine.dataset import parse_concept_name
 
-    try:
-        dataset = tomllib.loads((run_folder / "answers.toml").read_text(encoding="utf-8")).get("dataset", {})
-    except (OSError, ValueError):
-        dataset = {}
-    instance = _concepts(dataset.get("train_dir"), run_folder, parse_concept_name)
-    classes = _concepts(dataset.get("reg_dir"), run_folder, parse_concept_name)
-    size = lora.stat().st_size if lora.is_file() else None
-    return FinishedLora(lora, size, tuple(instance), tuple(classes), run_folder / "answers.toml")
-
-
-def _concepts(folder: str | None, run_folder: Path, parse) -> list[str]:
-    """The prompts of a kohya dataset's `N_<prompt>` folders."""
-    if not isinstance(folder, str) or not (run_folder / folder).is_dir():  # run answers are absolute
+    if folder is None or not folder.is_dir():
         return []
-    folder_path = run_folder / folder
-    names = [parsed[1] for child in sorted(folder_path.iterdir()) if child.is_dir() and (parsed := parse(child.name))]
+    names = [parsed[1] for child in sorted(folder.iterdir()) if child.is_dir() and (parsed := parse_concept_name(child.name))]
     return list(dict.fromkeys(names))
 
 
