@@ -27,18 +27,21 @@ MAX_STEPS = 1_000_000  # stopped by the bench, never reached
 
 def busy_run(folder: Path) -> Path:
     """The demo trained for ever, one event a step: the busiest stream a dashboard follows."""
-    from engine.demo import create_demo
+    from engine.config import save_answers
+    from engine.demo import create_demo, demo_answers
 
-    answers = create_demo(folder)
-    text = answers.read_text(encoding="utf-8")
-    for old, new in (("log_every_steps = 5", "log_every_steps = 1"), ("[training]\n", f"[training]\nmax_steps = {MAX_STEPS}\n"),
-                     ("every_epoch = true", "every_epoch = false"), ("prompts = []", 'prompts = ["usu bear"]'),
-                     ("every_steps = 0\nevery_epochs = 0", "every_steps = 50\nevery_epochs = 0"), ("steps = 28", "steps = 4")):
-        if old not in text:
-            raise SystemExit(f"the demo's answers changed: {old!r} not found")
-        text = text.replace(old, new, 1)
-    answers.write_text(text, encoding="utf-8")
-    subprocess.run([sys.executable, "-m", "tui_lora.cli", "train", str(answers), "--detach"], check=True, cwd=folder,
+    answers_path = create_demo(folder)
+    # The answers create_demo wrote (relative paths), changed field by field; assignment is validated.
+    answers = demo_answers(folder)
+    answers.training.log_every_steps = 1
+    answers.training.max_steps = MAX_STEPS
+    answers.checkpoints.every_epoch = False
+    answers.samples.prompts = ["usu bear"]
+    answers.samples.every_steps = 50
+    answers.samples.steps = 4
+    # Overwriting is safe: it is the file create_demo just wrote in this bench's own folder.
+    save_answers(answers, answers_path, overwrite=True)
+    subprocess.run([sys.executable, "-m", "tui_lora.cli", "train", str(answers_path), "--detach"], check=True, cwd=folder,
                    stdout=subprocess.DEVNULL)
     return folder / "output" / "usu_bear.run"
 

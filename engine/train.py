@@ -198,19 +198,42 @@ class Trainer:
 
         model = load_base_model(a.model.path, prediction=a.model.prediction, tokenizer=a.model.tokenizer, vae=a.model.vae)
         self.model = model
-        # Frozen base weights in the training precision on a GPU. The base model's VAE stays fp32
-        # (SDXL's overflows in fp16: kohya's --no_half_vae); one given in `[model] vae` is taken to be
-        # fp16-safe (e.g. madebyollin/sdxl-vae-fp16-fix) and runs in the training precision.
+        # Frozen base weights in the training precision on a GPU (as kohya: only the LoRA weights
+        # are fp32). The base model's VAE stays fp32 (SDXL's overflows in fp16: kohya's
+        # --no_half_vae); one given in `[model] vae` is taken to be fp16-safe (e.g.
+        # madebyollin/sdxl-vae-fp16-fix) and runs in the training precision.
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
         if device_type == "cpu":
             weight_dtype = torch.float32
+        self.parking = Parking(self.device, {"vae": [model.vae], "text_encoders": list(model.text_encoders)})
+        parked = offloadable_parts(a)
+
+        # The parts reach the GPU one at a time, each doing its caching work before the next
+        # arrives (kohya's order), so setup never holds every part at once: for SDXL the fp32 VAE
+        # encoding 1024 px images alone is ~3.4 GiB, with the UNet and text encoders ~9.7 GiB.
         model.vae.to(self.device, dtype=weight_dtype if a.model.vae else torch.float32).requires_grad_(False).eval()
+        cache_folder = a.output.dir / ".latent-cache" if a.training.cache_latents == "disk" else None
+        self.latents = LatentCache(
+            model, mode=a.training.latents, seed=a.training.seed, keep=a.training.cache_latents != "off", folder=cache_folder
+        )
+        self.latents.vae_in_use = lambda: self.parking.in_use("vae")
+        if a.training.cache_latents != "off":
+            self.cache_all_latents()
+        self.parking.park(parked & {"vae"})
+
+        for encoder in model.text_encoders:
+            encoder.to(self.device, dtype=weight_dtype).requires_grad_(False)
+        self._conditioning_cache: dict[str, dict[str, Any]] = {}
+        if captions_cacheable(a):
+            # Every caption now, under the loop's autocast, so that the frozen text encoders can
+            # wait in host memory while the UNet trains.
+            with self.accelerator.autocast():
+                self.encode_captions([e.caption for e in self.examples])
+        self.parking.park(parked & {"text_encoders"})
+
         model.unet.to(self.device, dtype=weight_dtype).requires_grad_(False)
         if use_channels_last(self.device, a.training.channels_last):
             model.unet.to(memory_format=torch.channels_last)  # before the LoRA layers: those stay contiguous
-        for encoder in model.text_encoders:
-            encoder.to(self.device, dtype=weight_dtype).requires_grad_(False)
-
         # The LoRA's initial (random) down weights come from the global generator: seed it.
         torch.manual_seed(derive_seed(a.training.seed, "lora-init"))
         add_lora(model, dim=a.network.dim, alpha=a.network.effective_alpha, train_text_encoder=a.network.train_text_encoder)
@@ -228,28 +251,16 @@ class Trainer:
                 for encoder in model.text_encoders:
                     encoder.gradient_checkpointing_enable()
 
-        self.parking = Parking(self.device, {"vae": [model.vae], "text_encoders": list(model.text_encoders)})
-        cache_folder = a.output.dir / ".latent-cache" if a.training.cache_latents == "disk" else None
-        self.latents = LatentCache(
-            model, mode=a.training.latents, seed=a.training.seed, keep=a.training.cache_latents != "off", folder=cache_folder
-        )
-        self.latents.vae_in_use = lambda: self.parking.in_use("vae")
-        if a.training.cache_latents != "off":
-            self.cache_all_latents()
-        self._conditioning_cache: dict[str, dict[str, Any]] = {}
-
         self.optimizer = build_optimizer(a, self.unet_params, text_encoder_parameters(model), device_type)
         self.lr_scheduler = build_lr_scheduler(a, self.optimizer, self.plan.total_steps)
-        prepared = self.accelerator.prepare(model.unet, *model.text_encoders, self.optimizer)
-        model.unet, *model.text_encoders, self.optimizer = prepared
+        # Parked text encoders stay out of `prepare`: it would move them back to the GPU, and they
+        # only run again for sample images, which use the unwrapped model anyway.
+        encoders_in_loop = [] if "text_encoders" in self.parking.parked else list(model.text_encoders)
+        model.unet, *prepared_encoders, self.optimizer = self.accelerator.prepare(model.unet, *encoders_in_loop, self.optimizer)
+        if encoders_in_loop:
+            model.text_encoders = prepared_encoders
         if a.training.compile:
             model.unet.compile()  # in place: the module and its parameter names stay as they are
-        if captions_cacheable(a):
-            # Every caption now, as the loop would (after `prepare`, under its autocast), so that
-            # the frozen text encoders can wait in host memory.
-            with self.accelerator.autocast():
-                self.encode_captions([e.caption for e in self.examples])
-        self.parking.park(offloadable_parts(a))
 
     def cache_all_latents(self) -> None:
         """Encode every image (and its mirror when flipping) once; on a GPU the images are decoded

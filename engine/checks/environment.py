@@ -22,12 +22,10 @@ from typing import Literal
 
 from engine.checks.defaults import family_defaults, trains_text_encoder_by_default
 from engine.checks.estimate import (
-    PART_NAMES,
     ComputeDevice,
     GiB,
     TrainingSetup,
-    frozen_part_bytes,
-    memory_phases,
+    parking_note,
     ram_needed_to_load,
     vram_needed,
 )
@@ -142,7 +140,6 @@ class Recommendations:
     batch_size: int
     mixed_precision: Literal["no", "fp16", "bf16"]
     gradient_checkpointing: bool
-    half_precision_frozen_weights: bool
     cache_latents: Literal["memory"]
     fits: bool | None  # whether the estimate fits in VRAM; None off the GPU
     ram_swap_needed: int  # bytes of RAM + swap to load the model
@@ -160,6 +157,11 @@ class Recommendations:
     def effective_batch(self) -> int:
         """Images per optimizer step: batch size x processes x gradient accumulation."""
         return self.batch_size * self.processes * self.gradient_accumulation
+
+    @property
+    def half_precision_frozen_weights(self) -> bool:
+        """Frozen weights in the training precision: whenever there is mixed precision (the engine's rule)."""
+        return self.mixed_precision != "no"
 
     def training_defaults(self) -> dict[str, object]:
         """The keys of the answers file's [training] section these settings fill in."""
@@ -419,13 +421,15 @@ def recommend(
     if device.kind in ("cpu", "mps") or gpu is None:
         where = "Apple GPU (MPS): untested by lora-wizard" if device.kind == "mps" else "no usable GPU: training runs on the CPU"
         return Recommendations(
-            **common, batch_size=1, mixed_precision="no", gradient_checkpointing=False, half_precision_frozen_weights=False,
+            **common, batch_size=1, mixed_precision="no", gradient_checkpointing=False,
             fits=None, reasons=(f"{where}, in fp32 at batch size 1", *family_reasons, cached), warnings=warnings,
         )
     gpus = data_parallel_gpus(facts)
     tightest = min(gpus, key=usable_vram)  # every process holds the same batch: the fullest GPU decides
+    precision = "bf16" if gpu.supports_bf16 else "fp16"
     base = TrainingSetup(
         family=family, resolution=resolution, network_dim=network_dim, train_text_encoder=train_text_encoder,
+        mixed_precision=precision,
         gradient_accumulation=gradient_accumulation, processes=len(gpus), captions_vary=captions_vary,
         fp16_safe_vae=fp16_safe_vae,
     )
@@ -433,44 +437,23 @@ def recommend(
     fits = vram_needed(setup) <= usable_vram(tightest)
     if not fits:
         warnings += (
-            f"{setup.cost.label} needs about {_needed_in_words(setup)} even at batch size 1 with every saving; "
+            f"{setup.cost.label} needs about {gib(vram_needed(setup))} even at batch size 1 with every saving; "
             f"this GPU has {gib(tightest.vram_total)}: expect it to run out of memory",
         )
-    precision = "bf16" if gpu.supports_bf16 else "fp16"
     capability = ".".join(map(str, gpu.compute_capability)) if gpu.compute_capability else "unknown"
     why_precision = "supports bf16 (no loss scaling needed)" if precision == "bf16" else "has no bf16 (needs 8.0)"
     processes_reasons = _processes_reasons(facts, gpus, setup)
     return Recommendations(
         **common, batch_size=setup.batch_size, mixed_precision=precision,
-        gradient_checkpointing=setup.gradient_checkpointing, half_precision_frozen_weights=setup.half_precision_frozen_weights,
+        gradient_checkpointing=setup.gradient_checkpointing,
         optimizer=setup.optimizer, processes=len(gpus), process_gpus=tuple(g.index for g in gpus), fits=fits,
         reasons=(
-            f"{precision}: compute capability {capability} {why_precision}", *reasons, *processes_reasons, *family_reasons, cached,
-            *_parking_reasons(setup),
+            f"{precision}: compute capability {capability} {why_precision}; the frozen weights in {precision} too, "
+            "the LoRA's in fp32 (as kohya)", *reasons, *processes_reasons, *family_reasons, cached,
+            *filter(None, [parking_note(setup)]),
         ),
         warnings=warnings,
     )
-
-
-def _needed_in_words(setup: TrainingSetup) -> str:
-    """`"9.7 GiB"`, or which phase needs it when setup's caching is the larger."""
-    memory = memory_phases(setup)
-    if memory.peak_phase == "caching":
-        return (
-            f"{gib(memory.peak)} while caching the latents (every part on the GPU at once; "
-            f"{gib(memory.training)} while training)"
-        )
-    return gib(memory.peak)
-
-
-def _parking_reasons(setup: TrainingSetup) -> tuple[str, ...]:
-    """Which frozen parts wait in RAM while training, and what that frees."""
-    parked = sorted(setup.parked_parts)
-    if not parked:
-        return ()
-    freed = sum(size for name, size in frozen_part_bytes(setup).items() if name in parked)
-    names = " and ".join(PART_NAMES[name] for name in parked)
-    return (f"{names} wait in RAM once their outputs are cached: {gib(freed)} less VRAM while training",)
 
 
 def _bitsandbytes_usable(facts: MachineFacts) -> bool:
@@ -523,34 +506,25 @@ def _processes_reasons(facts: MachineFacts, gpus: tuple[GpuFacts, ...], setup: T
     return tuple(reasons)
 
 
-# From the cheapest to the most costly way of saving memory: fp32 frozen weights and no
-# checkpointing, then half-precision frozen weights (no speed cost), then gradient
-# checkpointing (~18% slower, only when batch size 1 needs it).
-_MEMORY_PLANS = (
-    {"half_precision_frozen_weights": False, "gradient_checkpointing": False},
-    {"half_precision_frozen_weights": True, "gradient_checkpointing": False},
-)
-
-
 def _fit_to_vram(base: TrainingSetup, gpu: GpuFacts, *, eight_bit_optimizer: bool = False) -> tuple[TrainingSetup, list[str]]:
-    """The largest batch, then the cheapest memory plan, whose estimate fits the card. When even
-    batch size 1 needs gradient checkpointing, every saving is used: 8-bit AdamW too where
-    bitsandbytes works (kohya's advice for SDXL on 8-12 GB cards)."""
+    """The largest batch whose estimate fits the card without gradient checkpointing. When even
+    batch size 1 needs gradient checkpointing (~18% slower), every saving is used: 8-bit AdamW too
+    where bitsandbytes works (kohya's advice for SDXL on 8-12 GB cards). The frozen weights are in
+    the training precision either way (the engine's rule)."""
     usable = usable_vram(gpu)
     room = f"{gib(usable)} usable of {gib(gpu.vram_total)}"
     small = gpu.vram_total < SMALL_VRAM
     for batch in (1,) if small else BATCH_SIZES:
-        for plan in _MEMORY_PLANS:
-            setup = replace(base, batch_size=batch, **plan)
-            if vram_needed(setup) <= usable:
-                if small:
-                    why_batch = "batch size 1: under 10 GB of VRAM (the seed article)"
-                else:
-                    offered = ", ".join(map(str, sorted(BATCH_SIZES)))
-                    why_batch = f"batch size {batch}: the largest of {offered} that fits {room}"
-                return setup, [why_batch, *_plan_reasons(setup, room)]
+        setup = replace(base, batch_size=batch, gradient_checkpointing=False)
+        if vram_needed(setup) <= usable:
+            if small:
+                why_batch = "batch size 1: under 10 GB of VRAM (the seed article)"
+            else:
+                offered = ", ".join(map(str, sorted(BATCH_SIZES)))
+                why_batch = f"batch size {batch}: the largest of {offered} that fits {room}"
+            return setup, [why_batch, "no gradient checkpointing: the card has room"]
     optimizer = "adamw8bit" if eight_bit_optimizer else "adamw"
-    setup = replace(base, batch_size=1, half_precision_frozen_weights=True, gradient_checkpointing=True, optimizer=optimizer)
+    setup = replace(base, batch_size=1, gradient_checkpointing=True, optimizer=optimizer)
     why_optimizer = (
         "8-bit AdamW (bitsandbytes): smaller optimizer state, every megabyte counts here"
         if eight_bit_optimizer
@@ -559,15 +533,8 @@ def _fit_to_vram(base: TrainingSetup, gpu: GpuFacts, *, eight_bit_optimizer: boo
     return setup, [
         "batch size 1: the smallest there is",
         f"gradient checkpointing on: batch size 1 does not fit {room} without it (~18% slower)",
-        "half-precision frozen weights: fp32 weights do not fit",
         why_optimizer,
     ]
-
-
-def _plan_reasons(setup: TrainingSetup, room: str) -> list[str]:
-    if setup.half_precision_frozen_weights:
-        return [f"half-precision frozen weights: fp32 weights do not fit {room} at this batch size"]
-    return ["full-precision frozen weights and no gradient checkpointing: the card has room"]
 
 
 def _ram_warnings(facts: MachineFacts, needed: int, source: str) -> tuple[str, ...]:

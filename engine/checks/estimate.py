@@ -4,8 +4,8 @@ Every number below is data with its source in a comment: a published figure, ari
 or a measurement of this project (bench/step_time.py). The model is deliberately small:
 
     VRAM  = the larger of the run's two phases (engine/train.py Trainer.setup, then the steps):
-      caching  = CUDA context + every frozen part (UNet, text encoders, VAE) + the LoRA's fp32 weights
-                 + the VAE encoding one image (setup caches the latents with every part on the GPU)
+      caching  = CUDA context + the VAE + the VAE encoding one image (setup caches the latents with
+                 the VAE alone on the GPU; the UNet and text encoders arrive after it)
       training = CUDA context + the UNet + the frozen parts not parked in host memory after caching
                  (engine.devices.parked_parts) + LoRA parameters x 16 bytes (fp32 weight, gradient,
                  two AdamW moments; 10 with 8-bit AdamW)
@@ -103,9 +103,6 @@ CUDA_CONTEXT_GIB = 0.5
 # moments (2; its per-block scales are a few bytes per 2,048 values). Prodigy: two moments and
 # its `s` and `p0` copies (16).
 BYTES_PER_TRAINED_PARAM = {"adamw": 16, "adamw8bit": 10, "prodigy": 24}
-# While setup caches the latents the LoRA exists, as fp32 weights, but has no gradient or optimizer
-# state yet (torch's optimizers create their state at the first step).
-BYTES_PER_LORA_WEIGHT = 4
 # Gradient checkpointing costs ~18% speed (performance-facts.md).
 CHECKPOINTING_SLOWDOWN = 1 / (1 - 0.18)
 # fp32 instead of fp16 mixed precision: 2.2x slower on a T4 (performance-facts.md).
@@ -190,7 +187,6 @@ class TrainingSetup:
     gradient_accumulation: int = 1
     mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"
     gradient_checkpointing: bool = False
-    half_precision_frozen_weights: bool = True
     cache_latents: bool = True
     network_dim: int = 8
     train_text_encoder: bool = True
@@ -198,6 +194,12 @@ class TrainingSetup:
     processes: int = 1  # data-parallel processes, one GPU each; the figures are per process
     captions_vary: bool = False  # tags shuffled or captions dropped: the text encoders' outputs are not cached
     fp16_safe_vae: bool = False  # `[model] vae` given: the VAE runs in the training precision, else fp32
+
+    @property
+    def half_precision_frozen_weights(self) -> bool:
+        """The frozen UNet and text encoders in the training precision (the engine's rule, as
+        kohya's: only the LoRA's weights are fp32); fp32 without mixed precision."""
+        return self.mixed_precision != "no"
 
     @property
     def parked_parts(self) -> frozenset[str]:
@@ -229,16 +231,12 @@ class TrainingSetup:
 class MemoryPhases:
     """VRAM (bytes, the CUDA context included) of a run's two phases; it needs the larger."""
 
-    caching: int | None  # setup caching the latents, every part on the GPU; None when latents are not cached
+    caching: int | None  # setup caching the latents, the VAE alone on the GPU; None when latents are not cached
     training: int  # the steps, with the parked parts in host memory
 
     @property
     def peak(self) -> int:
         return max(self.training, self.caching or 0)
-
-    @property
-    def peak_phase(self) -> Literal["caching", "training"]:
-        return "caching" if (self.caching or 0) > self.training else "training"
 
 
 @dataclass(frozen=True)
@@ -283,9 +281,10 @@ def vae_encode_memory(setup: TrainingSetup) -> float:
 
 def memory_phases(setup: TrainingSetup) -> MemoryPhases:
     """VRAM while setup caches the latents and while training steps (engine/train.py Trainer.setup:
-    every part goes to the GPU and the LoRA is added before the latents and captions are cached;
-    then the parts in `setup.parked_parts` move to host memory). Encoding a caption takes next to
-    nothing beside the VAE's work, so the caching phase is the VAE's."""
+    the parts reach the GPU one at a time; the VAE encodes every image alone, the text encoders then
+    encode every caption, and the parts in `setup.parked_parts` go to host memory before the UNet
+    and the LoRA arrive). The caption pass holds the text encoders (and the VAE when it stays), less
+    than the UNet that training holds, so the caching phase is the VAE's."""
     cost = setup.cost
     context = CUDA_CONTEXT_GIB * GiB
     parts = frozen_part_bytes(setup)
@@ -299,7 +298,7 @@ def memory_phases(setup: TrainingSetup) -> MemoryPhases:
     training = context + resident + lora_params * BYTES_PER_TRAINED_PARAM[setup.optimizer] + step_work
     caching = None
     if setup.cache_latents:
-        caching = int(context + sum(parts.values()) + lora_params * BYTES_PER_LORA_WEIGHT + vae_encode_memory(setup))
+        caching = int(context + parts["vae"] + vae_encode_memory(setup))
     return MemoryPhases(caching=caching, training=int(training))
 
 
@@ -375,8 +374,9 @@ def estimate(setup: TrainingSetup, device: ComputeDevice, steps: int | None = No
             f"{setup.processes}x fewer steps (the gradient exchange between GPUs is not counted)"
         )
     memory = memory_phases(setup) if on_gpu else None
-    if memory is not None:
-        notes += memory_notes(setup, memory)
+    parked = parking_note(setup)
+    if memory is not None and parked:
+        notes.append(parked)
     return Estimate(
         setup=setup,
         vram_needed=memory.peak if memory else None,
@@ -391,20 +391,14 @@ def estimate(setup: TrainingSetup, device: ComputeDevice, steps: int | None = No
 PART_NAMES = {"vae": "the VAE", "text_encoders": "the text encoders"}
 
 
-def memory_notes(setup: TrainingSetup, memory: MemoryPhases) -> list[str]:
-    """What the phases mean for VRAM, in words."""
-    notes = []
+def parking_note(setup: TrainingSetup) -> str | None:
+    """Which frozen parts wait in RAM while training, and how much VRAM that frees; None when none do."""
     parked = sorted(setup.parked_parts)
-    if parked:
-        freed = sum(size for name, size in frozen_part_bytes(setup).items() if name in parked)
-        names = " and ".join(PART_NAMES[name] for name in parked)
-        notes.append(f"after caching, {names} wait in RAM: {freed / GiB:.1f} GiB less VRAM while training")
-    if memory.peak_phase == "caching":
-        notes.append(
-            f"VRAM peaks while setup caches the latents ({memory.caching / GiB:.1f} GiB, every part on the GPU at once); "
-            f"training needs {memory.training / GiB:.1f} GiB"
-        )
-    return notes
+    if not parked:
+        return None
+    freed = sum(size for name, size in frozen_part_bytes(setup).items() if name in parked)
+    names = " and ".join(PART_NAMES[name] for name in parked)
+    return f"after caching, {names} wait in RAM: {freed / GiB:.1f} GiB less VRAM while training"
 
 
 def ram_needed_to_load(family: str, platform: str) -> tuple[int, str]:

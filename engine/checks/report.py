@@ -235,23 +235,14 @@ def estimate_item(run_estimate: Estimate, facts: MachineFacts) -> CheckItem:
         remedy = "train on a GPU machine (e.g. over SSH) for real runs" if status == "warn" else None
         return CheckItem("run.estimate", "run", title, status, summary, remedy)
     needed = run_estimate.vram_needed
-    memory = run_estimate.memory
-    caching_peak = memory is not None and memory.peak_phase == "caching"
-    phase = f" (caching the latents; training ~{gib(memory.training)})" if caching_peak else ""
-    summary = f"~{gib(needed)} VRAM of {gib(gpu.vram_total)}{phase}; {summary}"
+    summary = f"~{gib(needed)} VRAM of {gib(gpu.vram_total)}; {summary}"
     if needed <= usable_vram(gpu):
         return CheckItem("run.estimate", "run", title, "ok", summary)
     spill = "Windows spills to RAM and runs 10-100x slower (kohya_ss#1730)" if facts.platform == "win32" else "expect out of memory"
-    remedy = _caching_remedy(run_estimate.setup) if caching_peak else "lower [training] batch_size, or set gradient_checkpointing = true"
+    remedy = "lower [training] batch_size, or set gradient_checkpointing = true"
     if needed <= gpu.vram_total:
         return CheckItem("run.estimate", "run", title, "warn", summary + ": tight", remedy)
     return CheckItem("run.estimate", "run", title, "fail", summary + f": does not fit, {spill}", remedy)
-
-
-def _caching_remedy(setup: TrainingSetup) -> str:
-    """What lowers the caching phase: not the batch size, only the VAE's share and the image size."""
-    vae = "" if setup.fp16_safe_vae else "set [model] vae to an fp16-safe VAE (it runs in half precision: half the VAE's share), or "
-    return f"{vae}lower [dataset] resolution; batch size and gradient checkpointing do not change this phase"
 
 
 def _recommended_setup(recommendations: Recommendations, family: str, resolution: int | None) -> TrainingSetup:
@@ -261,7 +252,6 @@ def _recommended_setup(recommendations: Recommendations, family: str, resolution
         batch_size=recommendations.batch_size,
         mixed_precision=recommendations.mixed_precision,
         gradient_checkpointing=recommendations.gradient_checkpointing,
-        half_precision_frozen_weights=recommendations.half_precision_frozen_weights,
         cache_latents=True,
         train_text_encoder=recommendations.train_text_encoder,
         optimizer=recommendations.optimizer,

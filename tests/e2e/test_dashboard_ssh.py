@@ -17,7 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.demo import create_demo
+from engine.config import save_answers
+from engine.demo import create_demo, demo_answers
 from engine.events import read_events
 from engine.runs import engine_running
 
@@ -37,17 +38,15 @@ STEP = re.compile(r"Step (\d+)/" + str(MAX_STEPS))
 
 def demo_for_ssh(folder: Path) -> Path:
     """The demo, set to train UNet-only for MAX_STEPS steps of batch 1, one step event each."""
-    answers = create_demo(folder)
-    text = answers.read_text(encoding="utf-8")
-    for old, new in (
-        ("train_text_encoder = true", "train_text_encoder = false"),
-        ("batch_size = 2", "batch_size = 1"),
-        ("log_every_steps = 5", "log_every_steps = 1"),
-        ("[training]\n", f"[training]\nmax_steps = {MAX_STEPS}\n"),
-    ):
-        assert old in text, old
-        text = text.replace(old, new, 1)
-    answers.write_text(text, encoding="utf-8")
+    answers_path = create_demo(folder)
+    # The answers create_demo wrote (relative paths), changed field by field; assignment is validated.
+    answers = demo_answers(folder)
+    answers.network.train_text_encoder = False
+    answers.training.batch_size = 1
+    answers.training.log_every_steps = 1
+    answers.training.max_steps = MAX_STEPS
+    # Overwriting is safe: it is the file create_demo just wrote in this test's own folder.
+    save_answers(answers, answers_path, overwrite=True)
     return folder
 
 

@@ -3,7 +3,6 @@ the weight grid, the errors a user sees (exit 2, no traceback), and resumable re
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from engine.config import load_answers, save_answers
 from tests.conftest import write_answers
 from tests.engine.test_sampling import random_lora_model, write_lora
 from tui_lora.cli import main
@@ -193,6 +193,13 @@ def other_vae(tmp_path_factory, tiny_model_dir) -> Path:
     return folder
 
 
+def set_vae(answers_path: Path, vae: Path) -> Path:
+    """The answers file at `answers_path` (written by the test) with `[model] vae` set, through the project's loader and saver."""
+    answers = load_answers(answers_path, check_paths=False)
+    answers.model.vae = vae
+    return save_answers(answers, answers_path, overwrite=True)
+
+
 def pixels(path: Path) -> tuple[tuple[int, int], bytes]:
     """An image's size and RGB bytes."""
     with Image.open(path) as image:
@@ -205,8 +212,7 @@ def test_the_answers_files_vae_replaces_the_models_own(tiny_model_dir, tiny_data
     assert generate(tiny_model_dir, *same, "--size", "64", "--out", str(tmp_path / "base.png")) == 0
     assert generate(tiny_model_dir, *same, "--size", "64", "--vae", str(other_vae), "--out", str(tmp_path / "vae.png")) == 0
     # The answers file gives the model, its VAE and the size (its resolution, 64 px).
-    with_vae = write_answers(tmp_path / "with-vae", tiny_model_dir, train)
-    with_vae.write_text(with_vae.read_text(encoding="utf-8").replace("[model]\n", f"[model]\nvae = {json.dumps(str(other_vae))}\n"), encoding="utf-8")
+    with_vae = set_vae(write_answers(tmp_path / "with-vae", tiny_model_dir, train), other_vae)
     without = write_answers(tmp_path / "without", tiny_model_dir, train)
     for answers, name in ((with_vae, "answers-vae.png"), (without, "answers-plain.png")):
         assert main(["generate", "--answers", str(answers), *same, "--out", str(tmp_path / name)]) == 0
@@ -222,3 +228,25 @@ def test_a_vae_that_is_not_there_is_one_message(tiny_model_dir, tmp_path, capsys
     assert status == 2 and "`[model] vae`: nothing at this path" in err and "Traceback" not in err
     assert main(["generate", "a bear"]) == 2
     assert "no base model given" in capsys.readouterr().err
+
+
+def reg_images(folder: Path) -> list[tuple[tuple[int, int], bytes]]:
+    return [pixels(path) for path in sorted(folder.glob("*.png"))]
+
+
+def test_reg_generate_uses_the_answers_files_vae_and_vae_on_the_command_line_wins(tiny_model_dir, tiny_dataset, other_vae, tmp_path, capsys):
+    train, _ = tiny_dataset
+    same = ["--class", "bear", "--count", "2", "--steps", "2", "--seed", "5"]
+    plain = write_answers(tmp_path / "plain", tiny_model_dir, train, tmp_path / "reg-plain")
+    with_vae = set_vae(write_answers(tmp_path / "with-vae", tiny_model_dir, train, tmp_path / "reg-vae"), other_vae)
+    assert reg(str(plain), *same) == 0
+    assert reg(str(with_vae), *same) == 0
+    # --vae with --model, no answers file; and --vae naming the model's own VAE over the answers file's.
+    assert reg("--model", str(tiny_model_dir), "--vae", str(other_vae), "--out", str(tmp_path / "reg-option"), "--size", "64", *same) == 0
+    own_vae = tiny_model_dir / "vae"
+    assert reg(str(with_vae), "--vae", str(own_vae), "--out", str(tmp_path / "reg-own"), *same) == 0
+    base = reg_images(tmp_path / "reg-plain" / "1_bear")
+    assert len(base) == 2 and base[0][0] == (64, 64)
+    assert reg_images(tmp_path / "reg-vae" / "1_bear") != base
+    assert reg_images(tmp_path / "reg-option" / "1_bear") == reg_images(tmp_path / "reg-vae" / "1_bear")
+    assert reg_images(tmp_path / "reg-own" / "1_bear") == base

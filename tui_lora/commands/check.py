@@ -90,7 +90,6 @@ def _print_recommendations(report: CheckReport, console: Console) -> None:
         "train the text encoder": on_off[rec.train_text_encoder],
         "mixed precision": rec.mixed_precision,
         "gradient checkpointing": on_off[rec.gradient_checkpointing],
-        "half-precision frozen weights": on_off[rec.half_precision_frozen_weights],
         "latent caching": rec.cache_latents,
     }
     console.print("\n[bold]Recommended settings[/] (the wizard's defaults)")

@@ -1,14 +1,16 @@
 """`lora-wizard reg generate`: regularization images from the base model, resumable.
 
-    lora-wizard reg generate --model BASE --class bear [--train TRAIN_ROOT] [--count N] --out REG_ROOT
+    lora-wizard reg generate --model BASE --class bear [--train TRAIN_ROOT] [--count N] --out REG_ROOT [--vae PATH]
     lora-wizard reg generate ANSWERS_FILE --class bear [--count N]
 
 Regularization images keep the class word's meaning while the instance token learns the subject:
 the base model draws the class prompt alone (`bear`), about 5 images per training image (the
 default with --train; an answers file gives its training folder). They go to
 `REG_ROOT/1_<class>/0000.png ...`, kohya's `<repeats>_<class>` folder, so REG_ROOT is what the
-answers file's `[dataset] reg_dir` names. With an answers file, the model, the folders, the
-resolution, the seed and the clip skip come from it; options given as well override it.
+answers file's `[dataset] reg_dir` names. With an answers file, the model (with its tokenizer,
+prediction type and `[model] vae`, as training loads it), the folders, the resolution, the seed and
+the clip skip come from it; options given as well override it. --vae gives a VAE in place of the
+model's own (e.g. an fp16-safe one) without an answers file.
 
 Each image is seeded by (seed, its number) and written whole or not at all: after an interruption,
 the same command again keeps the images already there and makes only the missing ones. Raising
@@ -38,6 +40,7 @@ def register(subparsers) -> None:
     generate.add_argument("answers", type=Path, nargs="?", metavar="ANSWERS_FILE", help="take the model, folders, resolution and seed from this answers file")
     generate.add_argument("--model", type=Path, metavar="BASE", help="base model: a diffusers folder or a .safetensors / .ckpt file")
     generate.add_argument("--class", dest="class_prompt", required=True, metavar="CLASS", help="the class prompt alone, e.g. bear")
+    generate.add_argument("--vae", type=Path, metavar="PATH", help="a VAE folder or file in place of the model's own (e.g. an fp16-safe one)")
     generate.add_argument("--train", type=Path, metavar="TRAIN_ROOT", help="training root: --count defaults to 5 x its images")
     generate.add_argument("--count", type=int, metavar="N", help="number of images (default: 5 x the training images)")
     generate.add_argument("--out", type=Path, metavar="REG_ROOT", help="regularization root; the images go to REG_ROOT/1_<class>/")
@@ -59,6 +62,7 @@ class RegSettings:
     train: Path | None = None
     tokenizer: Path | None = None
     prediction: str = "auto"
+    vae: Path | None = None  # a VAE in place of the model's own
     size: int | None = None
     seed: int = 0
     clip_skip: int = 1
@@ -80,6 +84,8 @@ def reg_settings(args: argparse.Namespace) -> RegSettings:
     result.model, result.out = model, out
     if args.model is not None:
         result.tokenizer, result.prediction = None, "auto"  # the answers file's belong to its model
+    if args.vae is not None:
+        result.vae = args.vae
     if args.train is not None:
         result.train = args.train
     if args.size is not None:
@@ -101,6 +107,7 @@ def _from_answers(path: Path) -> RegSettings:
         train=answers.dataset.train_dir,
         tokenizer=answers.model.tokenizer,
         prediction=answers.model.prediction,
+        vae=answers.model.vae,
         size=answers.dataset.resolution,
         seed=answers.training.seed,
         clip_skip=answers.training.clip_skip,
@@ -145,7 +152,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if missing:
         print(f"reg: loading {settings.model}", file=sys.stderr)
         maker = ImageMaker.from_path(
-            settings.model, device=args.device, tokenizer=settings.tokenizer, prediction=settings.prediction, clip_skip=settings.clip_skip
+            settings.model, device=args.device, tokenizer=settings.tokenizer, prediction=settings.prediction,
+            clip_skip=settings.clip_skip, vae=settings.vae
         )
     result = generate_regularization(
         maker or settings.model,
