@@ -396,15 +396,16 @@ class ImageMaker:
 
     # --- images
 
-    def images(self, prompt: SamplePrompt, seeds: list[int]) -> list[Image.Image]:
-        """One image per seed (a batch), each from its own CPU generator: the same seed gives the same image."""
+    def images(self, prompt: SamplePrompt, seeds: list[int], embeds: dict[str, torch.Tensor] | None = None) -> list[Image.Image]:
+        """One image per seed (a batch), each from its own CPU generator: the same seed gives the same image.
+        `embeds`: the prompt's conditioning from `prompt_embeds`, when the text encoders ran earlier."""
         import torch
 
         model = self.model
         pipeline = self.pipeline
         pipeline.scheduler = build_scheduler(model, prompt.sampler)
         with torch.no_grad(), _eval_mode(model):
-            embeds = self._prompt_embeds(prompt)
+            embeds = embeds if embeds is not None else self._prompt_embeds(prompt)
             generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
             latents = pipeline(
                 **embeds,
@@ -418,6 +419,13 @@ class ImageMaker:
                 return_dict=False,
             )[0]
             return self._decode(latents)
+
+    def prompt_embeds(self, prompt: SamplePrompt) -> dict[str, torch.Tensor]:
+        """The prompt's conditioning for `images`: the text encoders' whole share of the work."""
+        import torch
+
+        with torch.no_grad(), _eval_mode(self.model):
+            return self._prompt_embeds(prompt)
 
     def _encode(self, text: str) -> dict[str, torch.Tensor]:
         """The UNet's text conditioning, as the training loop computes it (the family's clip skip)."""
@@ -624,12 +632,17 @@ def sample_images(
     epoch: int | None = None,
     seed: int = 0,
     clip_skip: int = 1,
+    text_encoders_in_use: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> list[Path]:
     """Sample images from the model as it is now (the training loop's live, LoRA-wrapped model).
 
     Runs under no_grad in eval mode and restores every module's train flag and the global RNG state
     afterwards, so training continues exactly as it would have without samples. The modules stay on
     their devices and dtypes. Returns the files written, one per prompt, in prompt order.
+
+    Every prompt is encoded first, inside `text_encoders_in_use` (the training loop brings frozen
+    text encoders from host memory for it), so they need not be on the GPU while the UNet and the
+    VAE make the images: for SDXL 1.5 GB less at the VAE's decoding peak.
     """
     import torch
 
@@ -637,9 +650,11 @@ def sample_images(
     cuda_devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     written = []
     with torch.random.fork_rng(devices=cuda_devices):
-        for index, prompt in enumerate(prompts):
+        with text_encoders_in_use():
+            conditioning = [maker.prompt_embeds(prompt) for prompt in prompts]
+        for index, (prompt, embeds) in enumerate(zip(prompts, conditioning, strict=True)):
             image_seed = sample_seed(seed, index, prompt)
-            image = maker.images(prompt, [image_seed])[0]
+            image = maker.images(prompt, [image_seed], embeds)[0]
             path = Path(out_dir) / sample_file_name(name, index, image_seed, step=step, epoch=epoch)
             written.append(save_image(path, image, image_parameters(prompt, image_seed, model_name=Path(model.source).name)))
     return written

@@ -617,12 +617,14 @@ class Trainer:
         from engine.sampling import sample_images
 
         a = self.answers
-        # The parked VAE and text encoders come back for the images; a compiled UNet runs
-        # uncompiled (the sampler's shapes would compile it again).
-        with self.parking.in_use("vae", "text_encoders"), self.uncompiled():
+        # A parked VAE comes back for the images (diffusers' pipeline runs on its device), parked
+        # text encoders only while the prompts are encoded; a compiled UNet runs uncompiled (the
+        # sampler's shapes would compile it again).
+        with self.parking.in_use("vae"), self.uncompiled():
             paths = sample_images(
                 self.unwrapped_model(), self.sample_prompts, self.run_folder() / "samples", name=a.output.name, step=step,
                 seed=a.training.seed, clip_skip=a.training.clip_skip,
+                text_encoders_in_use=lambda: self.parking.in_use("text_encoders"),
             )
         self.events.emit("sample", step=step, epoch=epoch, paths=[str(p) for p in paths],
                          prompts=[p.prompt for p in self.sample_prompts])

@@ -3,13 +3,15 @@
 Every number below is data with its source in a comment: a published figure, arithmetic on one,
 or a measurement of this project (bench/step_time.py). The model is deliberately small:
 
-    VRAM  = the larger of the run's two phases (engine/train.py Trainer.setup, then the steps):
+    VRAM  = the largest of the run's phases (engine/train.py Trainer.setup, then the steps):
       caching  = CUDA context + the VAE + the VAE encoding one image (setup caches the latents with
                  the VAE alone on the GPU; the UNet and text encoders arrive after it)
       training = CUDA context + the UNet + the frozen parts not parked in host memory after caching
                  (engine.devices.parked_parts) + LoRA parameters x 16 bytes (fp32 weight, gradient,
                  two AdamW moments; 10 with 8-bit AdamW)
                  + activations per image x batch size x (resolution / family resolution)^2
+      sampling = training's weights and optimizer state (no gradients, no activations) + a parked
+                 VAE + the larger of parked text encoders and the VAE decoding one image
     time  = TFLOP per image x batch / (GPU peak TFLOP/s x utilization(batch)) + fixed overhead,
             times gradient accumulation; on a CPU, the measured TFLOP/s per core instead.
 
@@ -48,6 +50,8 @@ class FamilyCost:
     activations_gib: float  # per image, without gradient checkpointing
     activations_checkpointed_gib: float  # per image, with gradient checkpointing
     vae_encode_gib: float  # the tensors alive while the fp32 VAE encodes one image (its weights aside)
+    vae_decode_gib: float  # ... while the fp32 VAE decodes one image (a sample)
+    unet_sampling_gib: float  # ... while the fp32 UNet denoises one image with guidance (a batch of 2)
 
     @property
     def frozen_params(self) -> int:
@@ -61,6 +65,9 @@ class FamilyCost:
 # on the meta device with attention as CUDA's memory-efficient kernel (no N x N score matrix): 0.625
 # GiB at 512 px, 2.5 GiB at 1024 px (five 128-channel full-size maps in a ResNet block); the test
 # above recounts it. The allocator's rounding and cuDNN's workspace come on top (not counted).
+# Sample images, counted the same way: decoding one image, 0.75 GiB at 512 px and 3.0 GiB at 1024 px
+# (the decoder's up blocks run at full size); one denoising step with classifier-free guidance
+# (the UNet's forward pass on 2 latents, no gradients), 0.25 GiB (SD 1.x/2.x) and 0.62 GiB (SDXL).
 FAMILY_COSTS: dict[str, FamilyCost] = {
     # SD 1.x: UNet 859,520,964 + CLIP-L 123,060,480 + VAE; LoRA targets as kohya's networks/lora.py
     # (192 UNet + 72 text-encoder modules). TFLOP: performance-facts.md (UNet fwd ~0.80 TFLOP at 64x64
@@ -72,6 +79,7 @@ FAMILY_COSTS: dict[str, FamilyCost] = {
         "sd1", "SD 1.x", 512, unet_params=859_520_964, text_encoder_params=123_060_480, vae_params=83_653_863,
         lora_params_per_rank_unet=423_936, lora_params_per_rank_text_encoders=165_888, tflop_per_image=1.6,
         vae_encode_tflop=1.13, activations_gib=2.75, activations_checkpointed_gib=1.5, vae_encode_gib=0.625,
+        vae_decode_gib=0.75, unet_sampling_gib=0.254,
     ),
     # SD 2.x: UNet 865,910,724, OpenCLIP-H text encoder 340,387,840 with 23 layers, VAE. The UNet
     # has SD 1.x's shape and cost per latent pixel, so FLOPs and activations are SD 1.x's
@@ -80,6 +88,7 @@ FAMILY_COSTS: dict[str, FamilyCost] = {
         "sd2", "SD 2.x", 512, unet_params=865_910_724, text_encoder_params=340_387_840, vae_params=83_653_863,
         lora_params_per_rank_unet=432_128, lora_params_per_rank_text_encoders=423_936, tflop_per_image=1.6,
         vae_encode_tflop=1.13, activations_gib=2.75, activations_checkpointed_gib=1.5, vae_encode_gib=0.625,
+        vae_decode_gib=0.75, unet_sampling_gib=0.254,
     ),
     # SDXL: UNet 2,567,463,684 + CLIP-L 123,060,480 + OpenCLIP-bigG with projection 694,659,840 + VAE.
     # TFLOP: performance-facts.md (LoRA step ~13.5 TFLOP at 128x128 latents; VAE 4x SD's at 1024).
@@ -93,6 +102,7 @@ FAMILY_COSTS: dict[str, FamilyCost] = {
         "sdxl", "SDXL", 1024, unet_params=2_567_463_684, text_encoder_params=817_720_320, vae_params=83_653_863,
         lora_params_per_rank_unet=2_659_840, lora_params_per_rank_text_encoders=903_168, tflop_per_image=13.5,
         vae_encode_tflop=4.52, activations_gib=13.1, activations_checkpointed_gib=2.5, vae_encode_gib=2.5,
+        vae_decode_gib=3.0, unet_sampling_gib=0.616,
     ),
 }
 
@@ -103,6 +113,7 @@ CUDA_CONTEXT_GIB = 0.5
 # moments (2; its per-block scales are a few bytes per 2,048 values). Prodigy: two moments and
 # its `s` and `p0` copies (16).
 BYTES_PER_TRAINED_PARAM = {"adamw": 16, "adamw8bit": 10, "prodigy": 24}
+GRADIENT_BYTES = 4  # of those, the fp32 gradient: freed after each optimizer step (zero_grad set_to_none)
 # Gradient checkpointing costs ~18% speed (performance-facts.md).
 CHECKPOINTING_SLOWDOWN = 1 / (1 - 0.18)
 # fp32 instead of fp16 mixed precision: 2.2x slower on a T4 (performance-facts.md).
@@ -194,6 +205,7 @@ class TrainingSetup:
     processes: int = 1  # data-parallel processes, one GPU each; the figures are per process
     captions_vary: bool = False  # tags shuffled or captions dropped: the text encoders' outputs are not cached
     fp16_safe_vae: bool = False  # `[model] vae` given: the VAE runs in the training precision, else fp32
+    samples: bool = False  # sample images during training (`[samples]`), at the training resolution
 
     @property
     def half_precision_frozen_weights(self) -> bool:
@@ -229,14 +241,20 @@ class TrainingSetup:
 
 @dataclass(frozen=True)
 class MemoryPhases:
-    """VRAM (bytes, the CUDA context included) of a run's two phases; it needs the larger."""
+    """VRAM (bytes, the CUDA context included) of a run's phases; it needs the largest."""
 
     caching: int | None  # setup caching the latents, the VAE alone on the GPU; None when latents are not cached
     training: int  # the steps, with the parked parts in host memory
+    sampling: int | None = None  # sample images between steps; None without samples
 
     @property
     def peak(self) -> int:
-        return max(self.training, self.caching or 0)
+        return max(self.training, self.caching or 0, self.sampling or 0)
+
+    @property
+    def peak_phase(self) -> Literal["caching", "training", "sampling"]:
+        phases = {"training": self.training, "caching": self.caching or 0, "sampling": self.sampling or 0}
+        return max(phases, key=phases.__getitem__)  # training first: it wins a tie
 
 
 @dataclass(frozen=True)
@@ -261,12 +279,15 @@ def frozen_part_bytes(setup: TrainingSetup) -> dict[str, float]:
     precision, except the base model's VAE, which the engine keeps in fp32 (SDXL's overflows in
     fp16); a VAE from `[model] vae` is taken to be fp16-safe and runs in the training precision."""
     cost = setup.cost
-    weight_bytes = 2 if setup.half_precision_frozen_weights else 4
     return {
-        "unet": cost.unet_params * weight_bytes,
-        "text_encoders": cost.text_encoder_params * weight_bytes,
+        "unet": cost.unet_params * _weight_bytes(setup),
+        "text_encoders": cost.text_encoder_params * _weight_bytes(setup),
         "vae": cost.vae_params * _vae_bytes(setup),
     }
+
+
+def _weight_bytes(setup: TrainingSetup) -> int:
+    return 2 if setup.half_precision_frozen_weights else 4
 
 
 def _vae_bytes(setup: TrainingSetup) -> int:
@@ -279,12 +300,22 @@ def vae_encode_memory(setup: TrainingSetup) -> float:
     return setup.cost.vae_encode_gib * GiB * setup.pixels_scale * _vae_bytes(setup) / 4
 
 
+def sampling_work_memory(setup: TrainingSetup) -> float:
+    """Bytes of tensors at the peak of making one sample image at the run's resolution: the UNet's
+    guided denoising step, or the VAE decoding the result (much the larger), in their precisions."""
+    cost = setup.cost
+    unet = cost.unet_sampling_gib * _weight_bytes(setup) / 4
+    decode = cost.vae_decode_gib * _vae_bytes(setup) / 4
+    return max(unet, decode) * GiB * setup.pixels_scale
+
+
 def memory_phases(setup: TrainingSetup) -> MemoryPhases:
-    """VRAM while setup caches the latents and while training steps (engine/train.py Trainer.setup:
-    the parts reach the GPU one at a time; the VAE encodes every image alone, the text encoders then
-    encode every caption, and the parts in `setup.parked_parts` go to host memory before the UNet
-    and the LoRA arrive). The caption pass holds the text encoders (and the VAE when it stays), less
-    than the UNet that training holds, so the caching phase is the VAE's."""
+    """VRAM while setup caches the latents, while training steps and while sample images are made
+    (engine/train.py Trainer.setup: the parts reach the GPU one at a time; the VAE encodes every
+    image alone, the text encoders then encode every caption, and the parts in `setup.parked_parts`
+    go to host memory before the UNet and the LoRA arrive). The caption pass holds the text encoders
+    (and the VAE when it stays), less than the UNet that training holds, so the caching phase is the
+    VAE's."""
     cost = setup.cost
     context = CUDA_CONTEXT_GIB * GiB
     parts = frozen_part_bytes(setup)
@@ -299,7 +330,17 @@ def memory_phases(setup: TrainingSetup) -> MemoryPhases:
     caching = None
     if setup.cache_latents:
         caching = int(context + parts["vae"] + vae_encode_memory(setup))
-    return MemoryPhases(caching=caching, training=int(training))
+    sampling = None
+    if setup.samples:
+        # Between steps (engine/train.py Trainer.sample): the step's activations and the gradients
+        # are gone, the weights and the optimizer's state stay. A parked VAE comes back for the
+        # whole of it; parked text encoders only while the prompts are encoded, before the images.
+        parked = setup.parked_parts
+        held = context + resident + lora_params * (BYTES_PER_TRAINED_PARAM[setup.optimizer] - GRADIENT_BYTES)
+        held += parts["vae"] if "vae" in parked else 0
+        encoders = parts["text_encoders"] if "text_encoders" in parked else 0
+        sampling = int(held + max(encoders, sampling_work_memory(setup)))
+    return MemoryPhases(caching=caching, training=int(training), sampling=sampling)
 
 
 def vram_needed(setup: TrainingSetup) -> int:
@@ -377,6 +418,11 @@ def estimate(setup: TrainingSetup, device: ComputeDevice, steps: int | None = No
     parked = parking_note(setup)
     if memory is not None and parked:
         notes.append(parked)
+    if memory is not None and memory.peak_phase == "sampling":
+        notes.append(
+            f"VRAM peaks while sample images are made ({memory.sampling / GiB:.1f} GiB: the VAE decodes one "
+            f"beside the UNet and the optimizer's state); training needs {memory.training / GiB:.1f} GiB"
+        )
     return Estimate(
         setup=setup,
         vram_needed=memory.peak if memory else None,

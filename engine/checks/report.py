@@ -235,14 +235,26 @@ def estimate_item(run_estimate: Estimate, facts: MachineFacts) -> CheckItem:
         remedy = "train on a GPU machine (e.g. over SSH) for real runs" if status == "warn" else None
         return CheckItem("run.estimate", "run", title, status, summary, remedy)
     needed = run_estimate.vram_needed
-    summary = f"~{gib(needed)} VRAM of {gib(gpu.vram_total)}; {summary}"
+    memory = run_estimate.memory
+    sampling_peak = memory is not None and memory.peak_phase == "sampling"
+    phase = f" (making samples; training ~{gib(memory.training)})" if sampling_peak else ""
+    summary = f"~{gib(needed)} VRAM of {gib(gpu.vram_total)}{phase}; {summary}"
     if needed <= usable_vram(gpu):
         return CheckItem("run.estimate", "run", title, "ok", summary)
     spill = "Windows spills to RAM and runs 10-100x slower (kohya_ss#1730)" if facts.platform == "win32" else "expect out of memory"
-    remedy = "lower [training] batch_size, or set gradient_checkpointing = true"
+    # The samples' remedy only when training alone fits: otherwise the batch size comes first.
+    samples_alone = sampling_peak and memory.training <= usable_vram(gpu)
+    remedy = SAMPLING_REMEDY if samples_alone else "lower [training] batch_size, or set gradient_checkpointing = true"
     if needed <= gpu.vram_total:
         return CheckItem("run.estimate", "run", title, "warn", summary + ": tight", remedy)
     return CheckItem("run.estimate", "run", title, "fail", summary + f": does not fit, {spill}", remedy)
+
+
+# What lowers the sampling peak: the VAE's decoding, not the batch size.
+SAMPLING_REMEDY = (
+    "make the samples smaller (--w / --h in [samples] prompts) or fewer, set [model] vae to an fp16-safe VAE "
+    "(half the decoding memory), or turn samples off (every_steps = 0, every_epochs = 0) and use `lora-wizard generate` after"
+)
 
 
 def _recommended_setup(recommendations: Recommendations, family: str, resolution: int | None) -> TrainingSetup:
@@ -276,6 +288,7 @@ def _answers_setup(answers: Answers, family: str, recommendations: Recommendatio
         processes=training.processes,
         captions_vary=captions_vary(answers),
         fp16_safe_vae=answers.model.vae is not None,
+        samples=answers.samples.enabled,
     )
 
 
@@ -354,8 +367,10 @@ def report_to_dict(report: CheckReport) -> dict[str, Any]:
             "vram_needed_bytes": est.vram_needed,
             "vram_caching_bytes": est.memory.caching if est.memory else None,
             "vram_training_bytes": est.memory.training if est.memory else None,
+            "vram_sampling_bytes": est.memory.sampling if est.memory else None,
             "parked_parts": sorted(est.setup.parked_parts),
             "fp16_safe_vae": est.setup.fp16_safe_vae,
+            "samples": est.setup.samples,
             "seconds_per_step": est.seconds_per_step,
             "steps": est.steps,
             "total_seconds": est.total_seconds,

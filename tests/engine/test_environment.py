@@ -527,3 +527,43 @@ def test_a_10gb_card_fits_sdxl_unet_only_training():
     setup = TrainingSetup(family="sdxl", train_text_encoder=False, gradient_checkpointing=True, optimizer="adamw8bit")
     item_10gb = estimate_item(estimate(setup, ComputeDevice("cuda", CARD_10GB.name, compute_capability=(8, 6))), facts)
     assert item_10gb.status == "ok" and item_10gb.summary.startswith("~8.0 GiB VRAM of 10.0 GiB;")
+
+
+# --- sample images during training ----------------------------------------------------------------
+
+SDXL_LEAN = TrainingSetup(family="sdxl", train_text_encoder=False, gradient_checkpointing=True, optimizer="adamw8bit")
+
+
+def test_sdxl_samples_peak_when_the_vae_decodes_beside_the_unet():
+    with_samples = replace(SDXL_LEAN, samples=True)
+    memory = memory_phases(with_samples)
+    parts = frozen_part_bytes(with_samples)
+    lora_state = FAMILY_COSTS["sdxl"].lora_params_per_rank_unet * 8 * (10 - 4)  # 8-bit AdamW without the gradients
+    # The fp32 VAE back from RAM and decoding a 1024 px image (3.0 GiB) beside the bf16 UNet; the
+    # text encoders are back in RAM by then (they encode the prompts first).
+    assert memory.sampling == int(0.5 * GiB + parts["unet"] + lora_state + parts["vae"] + 3.0 * GiB)
+    assert memory.peak_phase == "sampling" and vram_needed(with_samples) == memory.sampling
+    assert memory.training == memory_phases(SDXL_LEAN).training and memory_phases(SDXL_LEAN).sampling is None
+    # An fp16-safe VAE halves its weights and its decoding: training is the peak again.
+    assert memory_phases(replace(with_samples, fp16_safe_vae=True)).peak_phase == "training"
+    notes = estimate(with_samples, ComputeDevice("cuda", CARD_10GB.name, compute_capability=(8, 6))).notes
+    assert any(note.startswith("VRAM peaks while sample images are made (8.7 GiB") for note in notes)
+
+
+def test_samples_that_do_not_fit_where_training_does_are_named_with_their_remedy():
+    facts = machine(card("NVIDIA GeForce RTX 3080", 9.5, (8, 6)))  # 8.6 GiB usable: training's 8.0 fits
+    item_9gb = estimate_item(estimate(replace(SDXL_LEAN, samples=True), ComputeDevice("cuda", "NVIDIA GeForce RTX 3080")), facts)
+    assert item_9gb.status == "warn" and "~8.7 GiB VRAM of 9.5 GiB (making samples; training ~8.0 GiB)" in item_9gb.summary
+    assert "--w / --h" in item_9gb.remedy and "[model] vae" in item_9gb.remedy and "batch_size" not in item_9gb.remedy
+    # Where training itself does not fit, the batch size and checkpointing come first.
+    item_8gb = estimate_item(estimate(replace(SDXL_LEAN, samples=True), ComputeDevice("cuda", CARD_8GB.name)), machine(CARD_8GB))
+    assert item_8gb.status == "fail" and "batch_size" in item_8gb.remedy
+
+
+@pytest.mark.parametrize(("samples", "expected"), [({}, False), ({"prompts": ["usu bear"]}, False),
+                                                   ({"prompts": ["usu bear"], "every_steps": 100}, True)])
+def test_the_answers_estimate_counts_samples_only_when_some_are_made(samples, expected):
+    from engine.checks.report import _answers_setup
+
+    answers = answers_with(samples=samples)
+    assert _answers_setup(answers, "sdxl", recommend(machine(CARD_24GB), family="sdxl")).samples is expected

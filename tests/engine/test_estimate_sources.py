@@ -127,3 +127,26 @@ def test_vae_encode_tensors_are_counted_as_the_table_says(family):
     with torch.no_grad(), memory_efficient_attention(), live_tensor_peak()(existing=[*vae.parameters(), *vae.buffers()]) as live:
         vae.encode(image).latent_dist.sample()
     assert live.peak / GiB == pytest.approx(cost.vae_encode_gib, rel=0.01)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_COSTS))
+def test_sample_image_tensors_are_counted_as_the_table_says(family):
+    """Making a sample: the UNet's guided denoising step (2 latents, no gradients) and the VAE
+    decoding the image, each in fp32 at the family's resolution."""
+    import torch
+
+    unet, _, vae = meta_models(family)
+    cost = FAMILY_COSTS[family]
+    size = cost.resolution // 8
+    latents = torch.empty(2, 4, size, size, device="meta")
+    context = torch.empty(2, 77, unet.config.cross_attention_dim, device="meta")
+    added = None
+    if unet.config.addition_embed_type == "text_time":  # SDXL: the pooled text and the size conditioning
+        added = {"text_embeds": torch.empty(2, 1280, device="meta"), "time_ids": torch.empty(2, 6, device="meta")}
+    timesteps = torch.tensor([500, 500], device="meta")
+    with torch.no_grad(), memory_efficient_attention(), live_tensor_peak()(existing=[*unet.parameters(), *unet.buffers()]) as live:
+        unet(latents, timesteps, context, added_cond_kwargs=added)
+    assert live.peak / GiB == pytest.approx(cost.unet_sampling_gib, rel=0.01)
+    with torch.no_grad(), memory_efficient_attention(), live_tensor_peak()(existing=[*vae.parameters(), *vae.buffers()]) as live:
+        vae.decode(latents[:1]).sample
+    assert live.peak / GiB == pytest.approx(cost.vae_decode_gib, rel=0.01)

@@ -39,7 +39,8 @@ RECOMMENDATION_KEYS = {
 ESTIMATE_KEYS = {
     "family", "resolution", "batch_size", "gradient_accumulation", "processes", "effective_batch_size", "optimizer",
     "train_text_encoder", "mixed_precision", "gradient_checkpointing", "half_precision_frozen_weights", "cache_latents",
-    "vram_needed_bytes", "vram_caching_bytes", "vram_training_bytes", "parked_parts", "fp16_safe_vae", "seconds_per_step",
+    "vram_needed_bytes", "vram_caching_bytes", "vram_training_bytes", "vram_sampling_bytes", "parked_parts", "fp16_safe_vae",
+    "samples", "seconds_per_step",
     "steps", "total_seconds", "basis", "notes",
 }
 
