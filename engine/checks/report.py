@@ -244,10 +244,29 @@ def estimate_item(run_estimate: Estimate, facts: MachineFacts) -> CheckItem:
     spill = "Windows spills to RAM and runs 10-100x slower (kohya_ss#1730)" if facts.platform == "win32" else "expect out of memory"
     # The samples' remedy only when training alone fits: otherwise the batch size comes first.
     samples_alone = sampling_peak and memory.training <= usable_vram(gpu)
-    remedy = SAMPLING_REMEDY if samples_alone else "lower [training] batch_size, or set gradient_checkpointing = true"
+    remedy = SAMPLING_REMEDY if samples_alone else training_memory_remedy(run_estimate.setup)
     if needed <= gpu.vram_total:
         return CheckItem("run.estimate", "run", title, "warn", summary + ": tight", remedy)
     return CheckItem("run.estimate", "run", title, "fail", summary + f": does not fit, {spill}", remedy)
+
+
+def training_memory_remedy(setup: TrainingSetup) -> str:
+    """The memory savings this run does not use yet, the cheapest first; a smaller resolution last."""
+    savings = []
+    if setup.batch_size > 1:
+        savings.append("lower [training] batch_size")
+    if not setup.cache_latents:
+        savings.append('cache the latents ([training] cache_latents = "memory")')
+    if not setup.gradient_checkpointing:
+        savings.append("set [training] gradient_checkpointing = true")
+    if setup.train_text_encoder:
+        savings.append("train the UNet only ([network] train_text_encoder = false)")
+    elif setup.captions_vary:
+        savings.append("keep the captions fixed (no shuffle_tags or caption_dropout): the text encoders then wait in RAM")
+    if setup.optimizer == "adamw":
+        savings.append('set [training] optimizer = "adamw8bit" (bitsandbytes, NVIDIA)')
+    savings.append("lower [dataset] resolution, or train on a GPU with more memory")
+    return "; ".join(savings)
 
 
 # What lowers the sampling peak: the VAE's decoding, not the batch size.

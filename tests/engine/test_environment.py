@@ -555,9 +555,26 @@ def test_samples_that_do_not_fit_where_training_does_are_named_with_their_remedy
     item_9gb = estimate_item(estimate(replace(SDXL_LEAN, samples=True), ComputeDevice("cuda", "NVIDIA GeForce RTX 3080")), facts)
     assert item_9gb.status == "warn" and "~8.7 GiB VRAM of 9.5 GiB (making samples; training ~8.0 GiB)" in item_9gb.summary
     assert "--w / --h" in item_9gb.remedy and "[model] vae" in item_9gb.remedy and "batch_size" not in item_9gb.remedy
-    # Where training itself does not fit, the batch size and checkpointing come first.
+    # Where training itself does not fit, the training's savings come first: here every one is used.
     item_8gb = estimate_item(estimate(replace(SDXL_LEAN, samples=True), ComputeDevice("cuda", CARD_8GB.name)), machine(CARD_8GB))
-    assert item_8gb.status == "fail" and "batch_size" in item_8gb.remedy
+    assert item_8gb.status == "fail" and item_8gb.remedy == "lower [dataset] resolution, or train on a GPU with more memory"
+
+
+def test_a_run_that_does_not_fit_is_told_the_savings_it_does_not_use_yet():
+    facts = machine(CARD_8GB)
+    greedy = TrainingSetup(family="sd1", batch_size=4, captions_vary=True)
+    remedy = estimate_item(estimate(greedy, ComputeDevice("cuda", CARD_8GB.name)), facts).remedy
+    assert remedy.split("; ") == [
+        "lower [training] batch_size",
+        "set [training] gradient_checkpointing = true",
+        "train the UNet only ([network] train_text_encoder = false)",
+        'set [training] optimizer = "adamw8bit" (bitsandbytes, NVIDIA)',
+        "lower [dataset] resolution, or train on a GPU with more memory",
+    ]
+    unet_only = replace(greedy, train_text_encoder=False, cache_latents=False, optimizer="adamw8bit")
+    remedy = estimate_item(estimate(unet_only, ComputeDevice("cuda", CARD_8GB.name)), facts).remedy
+    assert 'cache the latents ([training] cache_latents = "memory")' in remedy
+    assert "keep the captions fixed" in remedy and "train the UNet only" not in remedy and "adamw8bit" not in remedy
 
 
 @pytest.mark.parametrize(("samples", "expected"), [({}, False), ({"prompts": ["usu bear"]}, False),
