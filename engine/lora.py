@@ -16,6 +16,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -362,26 +363,103 @@ def save_lora_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[
 # --- starting from an existing LoRA ([network] init_from) ------------------------------------------
 
 
-def load_lora_file_into(model: LoadedModel, path: Path) -> None:
+@dataclass(eq=False)
+class LoraPart:
+    """One part of the model as a LoRA file names it: the UNet or one text encoder."""
+
+    label: str  # for people: "the UNet (`lora_unet_*`)"
+    stems: frozenset[str]  # kohya's stems of every default target of the part
+    layers: dict[str, Any]  # stem -> LoRA layer, in model order; empty when this run does not adapt the part
+
+    @property
+    def adapted(self) -> bool:
+        return bool(self.layers)
+
+
+@dataclass(frozen=True)
+class InitFromResult:
+    """What `load_lora_file_into` did with each part of the model (labels of `LoraPart`s)."""
+
+    loaded: tuple[str, ...]  # parts whose LoRA layers now hold the file's weights
+    kept_fresh: tuple[str, ...]  # trained parts the file has nothing for: they keep their fresh initialisation
+    ignored: tuple[str, ...]  # parts the file has but this run does not adapt (`train_text_encoder = false`)
+
+    @property
+    def notes(self) -> list[str]:
+        """One line per way the file and the run differ, for the user; empty when the file fits exactly."""
+        notes = []
+        if self.kept_fresh:
+            notes.append(
+                f"the `[network] init_from` file has no layers for {_and_list(self.kept_fresh)}: "
+                "those LoRA layers start fresh, as in a new run"
+            )
+        if self.ignored:
+            notes.append(
+                f"the `[network] init_from` file's layers for {_and_list(self.ignored)} are ignored: "
+                "this run does not train the text encoders (`[network] train_text_encoder = false`)"
+            )
+        return notes
+
+
+def _and_list(labels: tuple[str, ...]) -> str:
+    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+
+
+def lora_parts(model: LoadedModel) -> list[LoraPart]:
+    """The UNet and each text encoder, with kohya's stems of all their default targets and their LoRA layers."""
+    family = model.family
+    unet_layers = {family.kohya_unet_name(path): layer for path, layer in _lora_layers(model.unet)}
+    parts = [LoraPart("the UNet (`lora_unet_*`)", frozenset(unet_layers), unet_layers)]
+    several = len(model.text_encoders) > 1
+    for index, text_encoder in enumerate(model.text_encoders):
+        layers = {family.kohya_text_encoder_name(index, path): layer for path, layer in _lora_layers(text_encoder)}
+        stems = frozenset(layers)
+        if not layers:  # a text encoder without LoRA still names its targets: a file's keys for it are known
+            stems = frozenset(family.kohya_text_encoder_name(index, path) for path in text_encoder_lora_targets(text_encoder))
+        name = f"text encoder {index + 1}" if several else "the text encoder"
+        parts.append(LoraPart(f"{name} (`{family.text_encoder_prefixes[index]}_*`)", stems, layers))
+    return parts
+
+
+def load_lora_file_into(model: LoadedModel, path: Path) -> InitFromResult:
     """Copy a kohya-format LoRA file into the adapter `add_lora` injected (for `[network] init_from`).
 
-    The file must name exactly this model's adapted layers, at the adapter's rank: otherwise a
-    ModelFileError names the file and the first key that does not fit. A file trained with another
-    alpha is rescaled (its up weights times file alpha / adapter alpha), so its effect is unchanged.
-    A file without alpha keys counts as alpha = rank, as the web UIs read it.
+    Whole parts, as kohya's --network_weights: for the UNet and each text encoder, the file holds
+    either all of that part's layers (down and up; alpha optional) or none. A part the run trains
+    that the file lacks keeps its fresh initialisation; a text encoder the run does not adapt
+    (`train_text_encoder = false`) has its file keys ignored. The result says which parts were
+    loaded, kept fresh or ignored, so the run can tell the user.
+
+    A ModelFileError names the file and the first key that does not fit when: a key names no LoRA
+    layer of this model, a part is partly present, a layer has another rank or shape, or the file
+    has nothing for the parts the run trains. A file trained with another alpha is rescaled (its up
+    weights times file alpha / adapter alpha), so its effect is unchanged; a file without alpha keys
+    counts as alpha = rank, as the web UIs read it.
     """
     import torch
 
     path = Path(path)
     file_tensors = _read_lora_file(path)
-    layers = dict(_named_lora_layers(model))
-    _check_same_layers(path, file_tensors, layers)
+    parts = lora_parts(model)
+    in_file = _parts_in_file(path, file_tensors, parts, model.family.label)
+    loaded = [part for part in in_file if part.adapted]
+    for part in loaded:
+        _check_whole_part(path, file_tensors, part)
+    if not loaded:
+        raise _nothing_to_load(path, parts, in_file)
     # Check every layer before changing any, so a bad file leaves the adapter as it was.
-    weights = [(layer, *_file_weights(path, file_tensors, stem, layer)) for stem, layer in layers.items()]
+    weights = [
+        (layer, *_file_weights(path, file_tensors, stem, layer)) for part in loaded for stem, layer in part.layers.items()
+    ]
     with torch.no_grad():
         for layer, down, up in weights:
             layer.lora_A[ADAPTER].weight.copy_(down)
             layer.lora_B[ADAPTER].weight.copy_(up)
+    return InitFromResult(
+        loaded=tuple(part.label for part in loaded),
+        kept_fresh=tuple(part.label for part in parts if part.adapted and part not in in_file),
+        ignored=tuple(part.label for part in in_file if not part.adapted),
+    )
 
 
 def _file_weights(path: Path, file_tensors: dict[str, torch.Tensor], stem: str, layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -411,26 +489,61 @@ def _read_lora_file(path: Path) -> dict[str, torch.Tensor]:
         raise ModelFileError(f"cannot read this LoRA file: {exc}", where=path, fix=fix) from None
 
 
-def _check_same_layers(path: Path, file_tensors: dict[str, torch.Tensor], layers: dict[str, Any]) -> None:
-    """Every file key belongs to an adapted layer, and every adapted layer has its down and up weights."""
-    fix = "start from a LoRA trained on this model family with the same `[network] train_text_encoder`, or remove `[network] init_from`"
-    expected = {f"{stem}.{suffix}" for stem in layers for suffix in (SUFFIX_DOWN, SUFFIX_UP)}
-    allowed = expected | {f"{stem}.{SUFFIX_ALPHA}" for stem in layers}
-    unexpected = sorted(set(file_tensors) - allowed)
+NOT_THIS_MODEL_FIX = "start from a LoRA trained on this model family with kohya's default LoRA layers, or remove `[network] init_from`"
+
+
+def _stem_of(key: str) -> str | None:
+    """The layer stem of a kohya key (`<stem>.lora_down.weight`, ...); None for any other key."""
+    for suffix in (SUFFIX_DOWN, SUFFIX_UP, SUFFIX_ALPHA):
+        if key.endswith(f".{suffix}"):
+            return key.removesuffix(f".{suffix}")
+    return None
+
+
+def _parts_in_file(path: Path, file_tensors: dict[str, torch.Tensor], parts: list[LoraPart], family_label: str) -> list[LoraPart]:
+    """The parts the file has keys for, in model order; a key naming no LoRA layer of any part is an error."""
+    stems_in_file = {_stem_of(key) for key in file_tensors}
+    known_stems = frozenset().union(*(part.stems for part in parts))
+    unexpected = sorted(key for key in file_tensors if _stem_of(key) not in known_stems)
     if unexpected:
         raise ModelFileError(
-            f"this LoRA does not fit the model: key `{unexpected[0]}` names no LoRA layer of it "
+            f"this LoRA does not fit the model: key `{unexpected[0]}` names no LoRA layer of this {family_label} model "
             f"({len(unexpected)} such keys)",
             where=path,
-            fix=fix,
+            fix=NOT_THIS_MODEL_FIX,
         )
+    return [part for part in parts if part.stems & stems_in_file]
+
+
+def _check_whole_part(path: Path, file_tensors: dict[str, torch.Tensor], part: LoraPart) -> None:
+    """A part the file has keys for has the down and up weights of every one of its layers."""
+    expected = {f"{stem}.{suffix}" for stem in part.layers for suffix in (SUFFIX_DOWN, SUFFIX_UP)}
     missing = sorted(expected - set(file_tensors))
     if missing:
         raise ModelFileError(
-            f"this LoRA does not fit the model: key `{missing[0]}` is missing ({len(missing)} missing keys)",
+            f"this LoRA does not fit the model: it has layers for {part.label} but key `{missing[0]}` is missing "
+            f"({len(missing)} missing keys; a part is loaded whole or not at all)",
             where=path,
-            fix=fix,
+            fix=NOT_THIS_MODEL_FIX,
         )
+
+
+def _nothing_to_load(path: Path, parts: list[LoraPart], in_file: list[LoraPart]) -> ModelFileError:
+    """The error for a file with no layers of any part this run trains."""
+    trained = _and_list(tuple(part.label for part in parts if part.adapted))
+    if not in_file:
+        return ModelFileError(
+            f"this LoRA holds no LoRA layers, nothing to start {trained} from",
+            where=path,
+            fix="give a LoRA .safetensors file written by lora-wizard or kohya sd-scripts, or remove `[network] init_from`",
+        )
+    return ModelFileError(
+        f"this LoRA has layers only for {_and_list(tuple(part.label for part in in_file))}, "
+        f"none for what this run trains: {trained}",
+        where=path,
+        fix="set `[network] train_text_encoder = true` to train the parts it has, "
+        "start from a LoRA with UNet layers, or remove `[network] init_from`",
+    )
 
 
 def _fitting_tensor(path: Path, file_tensors: dict[str, torch.Tensor], key: str, weight: torch.Tensor) -> torch.Tensor:

@@ -237,8 +237,8 @@ class Trainer:
         # The LoRA's initial (random) down weights come from the global generator: seed it.
         torch.manual_seed(derive_seed(a.training.seed, "lora-init"))
         add_lora(model, dim=a.network.dim, alpha=a.network.effective_alpha, train_text_encoder=a.network.train_text_encoder)
-        if a.network.init_from:
-            load_lora_file_into(model, a.network.init_from)
+        # What of `[network] init_from` was kept fresh or ignored: the `ready` event's notes say so.
+        self.notes = load_lora_file_into(model, a.network.init_from).notes if a.network.init_from else []
         self.unet_params, self.te_params = lora_parameters(model)
         for param in (*self.unet_params, *self.te_params):
             param.data = param.data.float()
@@ -480,7 +480,8 @@ class Trainer:
         plan = self.plan
         step = start.step
         pending: list[tuple[int, int, Any, float]] = []  # (step, epoch, loss on the device, lr)
-        self.events.emit("ready", device=str(self.device), precision=self.precision, total_steps=plan.total_steps)
+        self.events.emit("ready", device=str(self.device), precision=self.precision, total_steps=plan.total_steps,
+                         notes=self.notes)
         if a.samples.at_start and step == 0:
             self.sample(step=0, epoch=0)
         for epoch in range(start.epoch, plan.epochs):

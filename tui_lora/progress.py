@@ -43,6 +43,8 @@ class RichProgress:
             self.console.print(f"run folder: {event['run_dir']}")
             self.progress.update(self.task, total=event["total_steps"])
         elif kind == "ready":
+            for note in event.get("notes") or []:
+                self.console.print(f"note: {note}")
             self.progress.update(self.task, description="training")
         elif kind == "step":
             self.progress.update(

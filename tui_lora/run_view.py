@@ -96,9 +96,9 @@ class RunView:
         handler = getattr(self, f"_on_{kind}", None)
         if handler is not None:
             handler(event, when)
-        line = describe(event, self.show_path)
-        if line:
-            self.log.append(line)
+        text = describe(event, self.show_path)
+        if text:
+            self.log.extend(text.splitlines())
 
     def _on_ready(self, event: dict, when: float) -> None:
         self.state = "training"
@@ -207,7 +207,8 @@ def describe(event: dict[str, Any], show_path: Callable[[str], str] = str) -> st
     if kind == "started":
         return f"started: {event.get('total_steps')} steps, {event.get('epochs')} epochs"
     if kind == "ready":
-        return f"training on {event.get('device')} ({event.get('precision')})"
+        notes = [f"note: {note}" for note in event.get("notes") or []]
+        return "\n".join([f"training on {event.get('device')} ({event.get('precision')})", *notes])
     if kind == "step":
         return f"step {event['step']}/{event.get('total_steps')}  epoch {event.get('epoch')}  loss {event.get('loss', 0):.4f}  lr {event.get('lr', 0):.2e}"
     if kind == "epoch":

@@ -32,7 +32,7 @@ from engine.lora import (
     lora_parameters,
     save_lora_file,
 )
-from engine.tiny import build_tiny_sd1_pipeline
+from engine.tiny import build_tiny_sd1_pipeline, build_tiny_sdxl_pipeline
 from tests.conftest import library_warnings, randomize_lora_weights, relative_difference
 
 DATA = Path(__file__).parent / "data"
@@ -87,8 +87,12 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sd1_pipeline(tmp_path_factory.mktemp("lora_tiny_sd1") / "model")
 
 
-def lora_model(tiny_dir: Path, *, dim: int = 4, alpha: float = 2.0, train_text_encoder: bool = True) -> LoadedModel:
+def lora_model(
+    tiny_dir: Path, *, dim: int = 4, alpha: float = 2.0, train_text_encoder: bool = True, seed: int | None = None
+) -> LoadedModel:
     model = load_base_model(tiny_dir)
+    if seed is not None:  # the LoRA's random down weights come from the global generator, as in a run
+        torch.manual_seed(seed)
     add_lora(model, dim=dim, alpha=alpha, train_text_encoder=train_text_encoder)
     return model
 
@@ -360,12 +364,99 @@ def test_init_from_rank_mismatch(tiny_dir, tmp_path):
 
 
 def test_init_from_keys_of_another_model(tiny_dir, tmp_path):
-    _, path = saved_lora(tiny_dir, tmp_path)
+    trained, _ = saved_lora(tiny_dir, tmp_path)
+    # SDXL's spelling of the text encoder's keys: no layer of an SD 1.x model, even in a UNet-only run.
+    tensors = {key.replace("lora_te_", "lora_te1_"): value for key, value in kohya_state_dict(trained, dtype=torch.float32).items()}
+    path = save_lora_file(tmp_path / "sdxl_names.safetensors", tensors, {})
     unet_only = lora_model(tiny_dir, train_text_encoder=False)
     with pytest.raises(ModelFileError) as caught:
         load_lora_file_into(unet_only, path)
+    assert "sdxl_names.safetensors" in str(caught.value)
+    assert "`lora_te1_text_model_encoder_layers_0_mlp_fc1.alpha` names no LoRA layer of this SD 1.x model" in str(caught.value)
+    assert all(not up.any() for up in lora_parameters(unet_only)[0][1::2])  # nothing was loaded
+
+
+def test_init_from_sd1_file_into_sdxl(tiny_dir, tmp_path):
+    _, path = saved_lora(tiny_dir, tmp_path)
+    sdxl = load_base_model(build_tiny_sdxl_pipeline(tmp_path / "sdxl"))
+    add_lora(sdxl, dim=4, alpha=2.0, train_text_encoder=True)
+    with pytest.raises(ModelFileError) as caught:
+        load_lora_file_into(sdxl, path)
     assert "start.safetensors" in str(caught.value)
-    assert "`lora_te_text_model_encoder_layers_0_mlp_fc1.alpha`" in str(caught.value)
+    assert "`lora_te_text_model_encoder_layers_0_mlp_fc1.alpha` names no LoRA layer of this SDXL model" in str(caught.value)
+
+
+def only_keys(model: LoadedModel, prefix: str) -> dict[str, torch.Tensor]:
+    return {key: value for key, value in kohya_state_dict(model, dtype=torch.float32).items() if key.startswith(prefix)}
+
+
+def test_init_from_unet_only_file_keeps_the_text_encoder_fresh(tiny_dir, tmp_path):
+    trained = lora_model(tiny_dir)
+    randomize_lora_weights(trained, only_up=False)
+    path = save_lora_file(tmp_path / "unet_only.safetensors", only_keys(trained, "lora_unet_"), {})
+    seeded = lora_model(tiny_dir, seed=5)
+    result = load_lora_file_into(seeded, path)
+    unet, text = lora_parameters(seeded)
+    for loaded, original in zip(unet, lora_parameters(trained)[0], strict=True):
+        assert torch.equal(loaded, original)
+    new_run = lora_model(tiny_dir, seed=5)  # what the run's text-encoder LoRA would be without init_from
+    for kept, fresh in zip(text, lora_parameters(new_run)[1], strict=True):
+        assert torch.equal(kept, fresh)
+    assert text[0].any() and not text[1].any()  # kaiming down, zero up: a fresh LoRA
+    assert result.loaded == ("the UNet (`lora_unet_*`)",) and result.ignored == ()
+    assert result.kept_fresh == ("the text encoder (`lora_te_*`)",)
+    assert result.notes == [
+        "the `[network] init_from` file has no layers for the text encoder (`lora_te_*`): "
+        "those LoRA layers start fresh, as in a new run"
+    ]
+
+
+def test_init_from_text_encoder_layers_into_unet_only_run(tiny_dir, tmp_path):
+    trained, path = saved_lora(tiny_dir, tmp_path)  # UNet and text encoder
+    unet_only = lora_model(tiny_dir, train_text_encoder=False)
+    result = load_lora_file_into(unet_only, path)
+    unet, text = lora_parameters(unet_only)
+    assert text == []
+    for loaded, original in zip(unet, lora_parameters(trained)[0], strict=True):
+        assert torch.equal(loaded, original)
+    assert result.loaded == ("the UNet (`lora_unet_*`)",) and result.kept_fresh == ()
+    assert result.ignored == ("the text encoder (`lora_te_*`)",)
+    assert result.notes == [
+        "the `[network] init_from` file's layers for the text encoder (`lora_te_*`) are ignored: "
+        "this run does not train the text encoders (`[network] train_text_encoder = false`)"
+    ]
+
+
+def test_init_from_part_of_the_unet_refused(tiny_dir, tmp_path):
+    trained, _ = saved_lora(tiny_dir, tmp_path)
+    tensors = kohya_state_dict(trained, dtype=torch.float32)
+    stem = sorted(key for key in tensors if key.startswith("lora_unet_"))[-1].rsplit(".", 2)[0]
+    partial = {key: value for key, value in tensors.items() if not key.startswith(f"{stem}.")}
+    path = save_lora_file(tmp_path / "partial.safetensors", partial, {})
+    unet_only = lora_model(tiny_dir, train_text_encoder=False)  # the text encoder's keys are ignored, not the error
+    with pytest.raises(ModelFileError) as caught:
+        load_lora_file_into(unet_only, path)
+    message = str(caught.value)
+    assert f"key `{stem}.lora_down.weight` is missing (2 missing keys" in message
+    assert "partial.safetensors" in message and "the UNet (`lora_unet_*`)" in message
+    assert all(not up.any() for up in lora_parameters(unet_only)[0][1::2])  # nothing was half loaded
+
+
+def test_init_from_nothing_for_the_trained_parts_refused(tiny_dir, tmp_path):
+    trained, _ = saved_lora(tiny_dir, tmp_path)
+    path = save_lora_file(tmp_path / "text_only.safetensors", only_keys(trained, "lora_te_"), {})
+    unet_only = lora_model(tiny_dir, train_text_encoder=False)
+    with pytest.raises(ModelFileError) as caught:
+        load_lora_file_into(unet_only, path)
+    message = str(caught.value)
+    assert "text_only.safetensors" in message
+    assert "layers only for the text encoder (`lora_te_*`), none for what this run trains: the UNet" in message
+    assert "set `[network] train_text_encoder = true`" in message
+
+    empty = save_lora_file(tmp_path / "empty.safetensors", {}, {})
+    with pytest.raises(ModelFileError) as caught:
+        load_lora_file_into(lora_model(tiny_dir), empty)
+    assert "empty.safetensors: this LoRA holds no LoRA layers, nothing to start" in str(caught.value)
 
 
 if __name__ == "__main__":

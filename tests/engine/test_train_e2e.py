@@ -119,3 +119,18 @@ def test_fp16_file_matches_within_fp16_tolerance(trained, tiny_model_dir, tmp_pa
     expected_hidden, expected_prediction = outputs(engine_unet, engine_text_encoder, ids, latents, timesteps)
     assert_close(hidden, expected_hidden, rel=5e-3)
     assert_close(prediction, expected_prediction, rel=5e-3)
+
+
+def test_a_run_says_which_parts_of_its_init_from_file_it_ignored(trained, tiny_model_dir, tiny_dataset, tmp_path):
+    """A LoRA with text-encoder layers seeds a UNet-only run: the UNet part loads, and the ready event
+    says the rest is ignored (kohya would ignore it silently)."""
+    lora_path, _, _ = trained
+    answers = write_answers(tmp_path, tiny_model_dir, tiny_dataset[0], network={"train_text_encoder": False, "init_from": str(lora_path)},
+                            training={"max_steps": 1})
+    result = subprocess.run([LORA_WIZARD, "train", str(answers)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ready = next(json.loads(line) for line in result.stdout.splitlines() if json.loads(line)["kind"] == "ready")
+    assert ready["notes"] == [
+        "the `[network] init_from` file's layers for the text encoder (`lora_te_*`) are ignored: "
+        "this run does not train the text encoders (`[network] train_text_encoder = false`)"
+    ]

@@ -58,6 +58,18 @@ def test_attach_follows_to_the_end_and_exits_with_the_outcome(tmp_path, kinds, c
         assert f"lora-wizard resume {folder}" in result.stderr
 
 
+def test_attach_shows_the_ready_events_notes(tmp_path):
+    folder = tmp_path / "usu.run"
+    folder.mkdir()
+    with EventLog(folder / "events.jsonl") as events:
+        events.emit("started", run_dir=str(folder), total_steps=1, epochs=1, steps_per_epoch=1, breakdown=[], settings={})
+        events.emit("ready", device="cpu", precision="no", total_steps=1, notes=["the text encoder's layers are ignored"])
+        events.emit("finished", lora=str(tmp_path / "usu.safetensors"), steps=1, epochs=1)
+    result = lora_wizard("attach", str(folder))
+    assert result.returncode == 0, result.stderr
+    assert "training on cpu (no)\nnote: the text encoder's layers are ignored\n" in result.stdout
+
+
 def test_runs_lists_each_state(tmp_path):
     fabricated_run(tmp_path, "done", "finished")
     fabricated_run(tmp_path, "broken", "failed")
