@@ -1,18 +1,22 @@
 """One engine-against-floor case in a process of its own, printed as one JSON line.
 
-bench/gpu.py runs it once per (batch, gradient checkpointing) on the SD 1.5-shaped model, each in
-a fresh process so that each peak-memory figure is that configuration's alone: the engine is
-measured first, before the bare loop's copy of the model exists. It runs on the CPU too (the smoke
-test does, on the small model), where the CUDA-only figures are left out.
+bench/gpu.py runs it once per (batch, gradient checkpointing) on the SD 1.5-shaped model, and once
+on the SDXL-shaped model with kohya's SDXL memory savings, each in a fresh process so that each
+peak-memory figure is that configuration's alone: the engine is measured first, before the bare
+loop's copy of the model exists. On CUDA it reports the engine's peak memory during setup (the
+latent and text-encoder caching) and during its first steps, as torch's allocator counts them, and
+the process's own peak as the driver reports it (NVML: the CUDA context included). It runs on the
+CPU too (the smoke tests do, on small models), where the CUDA-only figures are left out.
 
     python bench/gpu_case.py --model DIR --train DIR --resolution 512 --batch 16 [--checkpointing] [--uncached]
-                             [--channels-last] [--compile]
+                             [--channels-last] [--compile] [--optimizer adamw8bit]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,7 @@ def case_answers(args: argparse.Namespace, output_dir: Path, cache_latents: str 
         "network": {"dim": args.dim, "alpha": args.dim, "train_text_encoder": False},
         "training": {"max_steps": 100_000, "batch_size": args.batch, "seed": 0, "mixed_precision": "auto",
                      "gradient_checkpointing": args.checkpointing, "cache_latents": cache_latents,
-                     "channels_last": args.channels_last, "compile": args.compile},
+                     "channels_last": args.channels_last, "compile": args.compile, "optimizer": args.optimizer},
         "checkpoints": {"every_epoch": False},
         "output": {"dir": str(output_dir), "name": "bench-case", "overwrite": True},
     }
@@ -50,18 +54,28 @@ def run_case(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
         paired_ratio,
         summary,
     )
+    from bench.startup import VramPoller
 
     cuda = torch.cuda.is_available()
-    engine = EngineVariant(case_answers(args, output_dir))
-    result: dict[str, Any] = {"batch": args.batch, "checkpointing": args.checkpointing, "device": str(engine.trainer.device),
-                              "precision": engine.trainer.precision, "options": case_options(args)}
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    # Warm-up (with --compile: the compilation), and the engine's peak memory before the bare loop exists.
-    result["first_block_s"] = engine.run_steps(args.steps)
+    with VramPoller(os.getpid()) as driver:
+        # Setup (model loading, latent and text-encoder caching) has a peak of its own.
+        engine = EngineVariant(case_answers(args, output_dir))
+        result: dict[str, Any] = {"family": engine.trainer.model.family.name, "batch": args.batch,
+                                  "resolution": args.resolution, "checkpointing": args.checkpointing,
+                                  "device": str(engine.trainer.device), "precision": engine.trainer.precision,
+                                  "optimizer": args.optimizer, "options": case_options(args)}
+        if cuda:
+            result["setup_peak_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            result["setup_peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
+            torch.cuda.reset_peak_memory_stats()
+        # Warm-up (with --compile: the compilation), and the engine's peak memory before the bare loop exists.
+        result["first_block_s"] = engine.run_steps(args.steps)
     if cuda:
         result["peak_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
         result["peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
+        process_peak, method = driver.peak
+        result["process_peak_gb"] = process_peak / 2**30 if process_peak is not None else None
+        result["process_peak_method"] = method
         result["engine_syncs_per_step"] = host_syncs_per_step(engine.run_steps, args.steps)
     result["lora_grads"] = lora_gradient_coverage(engine)
     bare = BareLoop(engine)
@@ -94,6 +108,8 @@ def main() -> None:
     parser.add_argument("--uncached", action="store_true", help="also time the engine without its latent cache")
     parser.add_argument("--channels-last", action="store_true", help="the engine's `[training] channels_last = true`")
     parser.add_argument("--compile", action="store_true", help="the engine's `[training] compile = true` (compiled in the warm-up)")
+    parser.add_argument("--optimizer", choices=("adamw", "adamw8bit"), default="adamw",
+                        help="the engine's `[training] optimizer` (adamw8bit: bitsandbytes, CUDA only); the bare loop uses the same")
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=3, help="engine / bare rounds")
     args = parser.parse_args()

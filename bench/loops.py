@@ -9,9 +9,10 @@ includes everything the engine does per step: data, noise, loss, optimizer, sche
 read-back every `log_every_steps`, control polling.
 
 `BareLoop` is the least a LoRA step can do with the same model (loaded the same way, the same peft
-LoRA layers through `engine.lora.add_lora`), optimizer (AdamW), batch and precision: latents and
-text conditioning computed once and kept on the device, noise and timesteps drawn on the device,
-plain DDPM noising, MSE, backward, step.
+LoRA layers through `engine.lora.add_lora`), optimizer (AdamW, or 8-bit AdamW when the engine uses
+it), batch and precision: latents and text conditioning computed once and kept on the device (for
+SDXL also the pooled text embedding and the size conditioning, `time_ids`), noise and timesteps
+drawn on the device, plain DDPM noising, MSE, backward, step.
 """
 
 from __future__ import annotations
@@ -108,12 +109,25 @@ class BareLoop:
             model.unet.enable_gradient_checkpointing()
         model.unet.train()
         self.model = model
-        self.optimizer = torch.optim.AdamW(
-            [{"params": self.params, "lr": a.training.unet_lr}], weight_decay=1e-2, fused=self.device.type == "cuda"
-        )
+        self.optimizer = self._optimizer(a.training.optimizer, a.training.unet_lr)
         self.pixels, self.latents = self._encode_images(trainer)
-        self.conditioning = self._encode_caption(trainer.examples[0].caption)
+        self.unet_inputs = self._conditioning(trainer)
+        for encoder in model.text_encoders:
+            encoder.to("cpu")  # not needed again: the bare loop's copy of the model leaves room on the device
         self.cursor = 0
+
+    def _optimizer(self, name: str, lr: float):
+        """The engine's optimizer with its settings: AdamW (fused on CUDA), or bitsandbytes' 8-bit AdamW."""
+        import torch
+
+        groups = [{"params": self.params, "lr": lr}]
+        if name == "adamw8bit":
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(groups, weight_decay=1e-2)
+        if name != "adamw":
+            raise ValueError(f"the bare loop has no {name} optimizer")
+        return torch.optim.AdamW(groups, weight_decay=1e-2, fused=self.device.type == "cuda")
 
     def _encode_images(self, trainer: Trainer):
         """The training images on the device, and their latents computed once, tiled so that
@@ -144,15 +158,26 @@ class BareLoop:
         synchronize(self.device)
         return time.perf_counter() - started
 
-    def _encode_caption(self, caption: str):
+    def _conditioning(self, trainer: Trainer) -> dict[str, Any]:
+        """The UNet's conditioning keywords for every step, on the device: the first caption through
+        the family's own text encoding (SDXL: both encoders, and the pooled embedding), and for SDXL
+        the size conditioning of the first image, as the engine computes them."""
         import torch
 
-        tokenizer, encoder = self.model.tokenizers[0], self.model.text_encoders[0]
-        ids = tokenizer([caption], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(self.device)
+        from engine.families.sdxl import time_ids
+
+        model, example = self.model, trainer.examples[0]
+        family = model.family
         with torch.no_grad():
-            hidden = encoder(ids, return_dict=False)[0]
-        return hidden.expand(self.batch, -1, -1)
+            encoded = family.encode(model, family.tokenize(model, [example.caption]), trainer.answers.training.clip_skip)
+        batched = {name: value.expand(self.batch, *value.shape[1:]) for name, value in encoded.items()}
+        inputs: dict[str, Any] = {"encoder_hidden_states": batched.pop("encoder_hidden_states")}
+        if "text_embeds" in batched:  # SDXL's added embedding: pooled text + original size, crop, target size
+            sizes = time_ids([trainer.geometry(example.path)]).to(self.device).expand(self.batch, -1)
+            inputs["added_cond_kwargs"] = {"text_embeds": batched.pop("text_embeds"), "time_ids": sizes}
+        if batched:
+            raise ValueError(f"the bare loop does not pass {sorted(batched)} to the UNet")
+        return inputs
 
     def step(self) -> None:
         import torch
@@ -165,7 +190,7 @@ class BareLoop:
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (self.batch,), device=self.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            prediction = self.model.unet(noisy, timesteps, encoder_hidden_states=self.conditioning, return_dict=False)[0]
+            prediction = self.model.unet(noisy, timesteps, **self.unet_inputs, return_dict=False)[0]
         loss = F.mse_loss(prediction.float(), noise.float())
         loss.backward()
         self.optimizer.step()

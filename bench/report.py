@@ -170,8 +170,39 @@ def gpu_table(gpu: dict[str, Any]) -> str:
             f"{_fmt(case.get('engine_syncs_per_step'), 1)} ({_fmt(case.get('bare_syncs_per_step'), 1)}) | "
             f"{case['lora_grads'][0]}/{case['lora_grads'][1]} | {_fmt(case.get('first_block_s'), 1, ' s')} |"
         )
-    lines += ["", f"SDXL at 1024 px: {gpu.get('sdxl', 'not measured')}."]
+    lines += ["", sdxl_table(gpu.get("sdxl"))]
     return "\n".join(lines)
+
+
+def sdxl_table(sdxl: dict[str, Any] | None) -> str:
+    """The SDXL case (bench/gpu.py measure_sdxl): the wizard's 8 GB settings at 1024 px, one row."""
+    if not sdxl or not sdxl.get("measured"):
+        return f"SDXL at 1024 px: not measured: {(sdxl or {}).get('reason', 'not in this run')}."
+    case = sdxl["case"]
+    lines = [
+        f"SDXL UNet shape, random weights, {sdxl['resolution']} px, batch {sdxl['batch']}, LoRA dim {sdxl['lora_dim']}, "
+        f"mixed precision {sdxl['precision']}: {sdxl['settings']}; {sdxl['optimizer_note']} (MFU counts {sdxl['tflop_per_image']} TFLOP "
+        f"per image; the 8 GB goal is judged on {sdxl['vram_goal_basis']}):",
+        "",
+        "| Engine img/s | Bare img/s | Engine / bare time | MFU | Peak VRAM allocated (reserved), steps | Setup (caching) | "
+        f"Process peak (NVML) | Within {sdxl['vram_goal_gib']:g} GB | Syncs/step engine (bare) | LoRA grads | First block |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {case['engine']['images_per_second']:.2f} | {case['bare']['images_per_second']:.2f} | {case['engine_over_bare']:.3f} | "
+        f"{_fmt(sdxl.get('mfu'), 3)} | {_gib_pair(case, 'peak')} | {_gib_pair(case, 'setup_peak')} | "
+        f"{_fmt(case.get('process_peak_gb'), 2, ' GB')} | {_met(sdxl.get('within_vram_goal'))} "
+        f"({_fmt(sdxl.get('vram_for_goal_gib'), 2, ' GB')}) | "
+        f"{_fmt(case.get('engine_syncs_per_step'), 1)} ({_fmt(case.get('bare_syncs_per_step'), 1)}) | "
+        f"{case['lora_grads'][0]}/{case['lora_grads'][1]} | {_fmt(case.get('first_block_s'), 1, ' s')} |",
+    ]
+    return "\n".join(lines)
+
+
+def _gib_pair(case: dict[str, Any], prefix: str) -> str:
+    """'allocated GB (reserved GB)' of a case's CUDA peak, n/a without CUDA."""
+    allocated, reserved = case.get(f"{prefix}_allocated_gb"), case.get(f"{prefix}_reserved_gb")
+    if allocated is None or reserved is None:
+        return "n/a"
+    return f"{allocated:.2f} GB ({reserved:.2f} GB)"
 
 
 def write_results(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:

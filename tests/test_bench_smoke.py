@@ -1,5 +1,6 @@
-"""The performance bench still runs: `bench/run.py --quick` end to end, and one GPU-section case on
-the CPU. No timing is asserted (other jobs share the machine); the figures must exist and be sane."""
+"""The performance bench still runs: `bench/run.py --quick` end to end, and the GPU section's cases on
+the CPU (SD 1.5's on the small bench model, SDXL's on a tiny SDXL shape). No timing is asserted
+(other jobs share the machine); the figures must exist and be sane."""
 
 from __future__ import annotations
 
@@ -75,6 +76,64 @@ def test_gpu_case_runs_on_the_cpu_and_checkpointing_keeps_every_lora_gradient(qu
     assert total > 0 and reached == total  # gradient checkpointing must not cut the adapters off
     assert case["engine"]["images_per_second"] > 0 and case["bare"]["images_per_second"] > 0
     assert case["latent_cache_speedup"] > 0
+
+
+def tiny_sdxl_configs(tokenizer_dir: Path) -> dict:
+    """engine/tiny.py's tiny SDXL shape (tiny_sdxl_models) as the part configs bench/gpu.py builds from."""
+    from transformers import CLIPTokenizer
+
+    from engine.tiny import (
+        TINY_SDXL_TEXT_WIDTHS,
+        tiny_sdxl_unet_config,
+        tiny_text_encoder_config,
+        tiny_vae_config,
+        write_tiny_tokenizer,
+    )
+
+    vocab_size = len(CLIPTokenizer.from_pretrained(write_tiny_tokenizer(tokenizer_dir)))
+    first_width, second_width = TINY_SDXL_TEXT_WIDTHS
+    second = tiny_text_encoder_config(vocab_size, hidden=second_width, layers=3, projection_dim=second_width)
+    second.num_attention_heads = second_width // 8
+    second.hidden_act = "gelu"
+    return {
+        "unet": tiny_sdxl_unet_config(),
+        "vae": {**tiny_vae_config(), "scaling_factor": 0.13025, "force_upcast": True},
+        "text_encoder": tiny_text_encoder_config(vocab_size, hidden=first_width, layers=3).to_dict(),
+        "text_encoder_2": second.to_dict(),
+    }
+
+
+def test_sdxl_case_runs_on_the_cpu_on_a_tiny_sdxl_model(tmp_path, monkeypatch) -> None:
+    """The GPU section's SDXL path end to end on a tiny SDXL shape at 64 px, one step: the fp16
+    folder built from part configs, the case in its own process with the wizard's 8 GB settings
+    (UNet only, gradient checkpointing), the bare loop conditioning SDXL's UNet, and the report's row."""
+    import torch
+    from safetensors.torch import load_file
+
+    monkeypatch.syspath_prepend(str(REPO))
+    from bench.gpu import measure_sdxl
+    from bench.report import sdxl_table
+
+    sdxl = measure_sdxl(tmp_path / "sdxl", peak=None, steps=1, rounds=1, configs=tiny_sdxl_configs(tmp_path / "tokenizer"),
+                        resolution=64, images=2)
+    assert sdxl["measured"], sdxl.get("reason")
+    unet_weights = load_file(tmp_path / "sdxl" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {tensor.dtype for tensor in unet_weights.values()} == {torch.float16}  # built in fp16
+    case = sdxl["case"]
+    assert case["family"] == "sdxl" and case["resolution"] == 64 and case["batch"] == 1 and case["checkpointing"]
+    reached, total = case["lora_grads"]
+    assert total > 0 and reached == total
+    assert case["engine"]["images_per_second"] > 0 and case["bare"]["images_per_second"] > 0
+    assert 0.1 < case["engine_over_bare"] < 10
+    assert sdxl["tflop_per_image"] == 13.5 and sdxl["mfu"] is None  # no peak TFLOP/s given
+    if torch.cuda.is_available():
+        assert sdxl["within_vram_goal"] is True and case["peak_allocated_gb"] > 0
+    else:
+        assert sdxl["optimizer"] == "adamw" and "needs a CUDA GPU" in sdxl["optimizer_note"]
+        assert sdxl["within_vram_goal"] is None and "peak_allocated_gb" not in case
+    table = sdxl_table(sdxl)
+    assert table.startswith("SDXL UNet shape, random weights, 64 px, batch 1, LoRA dim 8")
+    assert table.splitlines()[-1].startswith(f"| {case['engine']['images_per_second']:.2f} |")
 
 
 def test_full_bench_model_costs_what_sd15_costs(monkeypatch) -> None:
