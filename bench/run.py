@@ -6,7 +6,8 @@
 (b) the engine with and without latent caching, and with and without text-encoder-output caching
 (c) `lora-wizard train`: time to first step, peak RSS (and peak VRAM on a GPU)
 (d) `lora-wizard --help` start time and the wizard's first paint
-(e) on a GPU: the SD 1.5 UNet shape at 512 px, batch 1 and 16 (skipped without one); on a CPU,
+(e) on a GPU: the SD 1.5 UNet shape at 512 px, batch 1 and 16, and SDXL at 1024 px, batch 1 with the
+    memory savings (skipped without one); on a CPU,
     the real SD 1.5 shapes' VAE-encode-to-step time ratio instead, to read (b)'s caching figure against
 
 The training variants run interleaved in one process (A, B, C ..., then C, B, A ...) and each ratio
