@@ -41,10 +41,23 @@ def run_main_process(run_dir: Path, *, resume: bool) -> int:
                 with EventLog(run_dir / "events.jsonl") as events:
                     events.emit("failed", message=exc.render(), remedy=exc.fix or "")
                 raise
-            return execute_run(plan, run_dir, resume=resume)
+            return exit_status_for_launcher(execute_run(plan, run_dir, resume=resume))
     except UserError as exc:
         print(f"error: {exc.render()}", file=sys.stderr)
         return exc.exit_code
+
+
+def exit_status_for_launcher(status: int) -> int:
+    """The main process's exit status; under torchrun a stop ends it with 0.
+
+    torchrun takes any other status for a crash: it prints a ChildFailedError traceback and
+    terminates the other processes while they are still exiting. The run's `interrupted` event
+    records the stop, and `lora-wizard train` / `resume` (engine.runs.run_launched) turn that
+    event into the 130 / 143 a one-process run exits with."""
+    from engine.runs import EXIT_INTERRUPTED
+
+    under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+    return 0 if under_torchrun and status in EXIT_INTERRUPTED.values() else status
 
 
 def run_other_process(run_dir: Path, *, resume: bool) -> int:

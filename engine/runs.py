@@ -13,6 +13,8 @@ Everything goes through files in the run folder: no network listener anywhere.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import shutil
 import signal
@@ -31,6 +33,7 @@ OOM_REMEDY = (
     "use fp16/bf16 mixed precision, or lower the resolution"
 )
 EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143, "stop requested": 130}
+REQUESTS = ("stop", "checkpoint")  # the request files of `control/`
 
 
 def run_folder_for(answers: Answers) -> Path:
@@ -148,11 +151,23 @@ class RunControls(Controls):
     def _on_signal(self, signum, frame) -> None:
         self.signal_name = signal.Signals(signum).name
 
+    def discard_stale_requests(self) -> None:
+        """Delete the request files written before this engine took the run's lock (RunLock
+        rewrites `engine.lock` then): they were meant for an engine that has ended. One written
+        since is kept, as the run shows as running from that moment and may be asked to stop."""
+        lock = self.control.parent / "engine.lock"
+        taken_at = lock.stat().st_mtime_ns if lock.exists() else math.inf
+        for what in REQUESTS:
+            path = self.control / what
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime_ns < taken_at:
+                    path.unlink()
+
     def poll(self) -> str | None:
         if self.signal_name:
             self.reason = self.signal_name
             return "stop"
-        for what in ("stop", "checkpoint"):
+        for what in REQUESTS:
             path = self.control / what
             if path.exists():
                 path.unlink(missing_ok=True)
@@ -211,6 +226,8 @@ def execute_run(plan: TrainingPlan, folder: Path, listeners: list[Listener] | No
 
     with EventLog(folder / "events.jsonl", listeners) as events:
         controls = RunControls(folder)
+        # A `stop` that came after the last engine's final check would stop this one at once.
+        controls.discard_stale_requests()
         controls.install_signal_handlers()
         events.emit(
             "started",

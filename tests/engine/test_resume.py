@@ -163,6 +163,36 @@ def test_sigint_checkpoints_at_that_step_and_resume_continues(tmp_path, tiny_mod
     assert_identical(lora_tensors(tmp_path), uninterrupted)
 
 
+def test_requests_left_for_an_ended_engine_do_not_stop_the_resumed_run(tmp_path, tiny_model_dir, tiny_dataset, uninterrupted):
+    from engine.runs import request
+
+    answers = write_answers(tmp_path, tiny_model_dir, *tiny_dataset, **RUN_SETTINGS)
+    run_dir = tmp_path / "output" / "tiny.run"
+    kill_after_step(start("train", str(answers)), 4)
+    # Typed after that engine's last check, so nobody read them.
+    request(run_dir, "stop")
+    request(run_dir, "checkpoint")
+
+    events = finish(start("resume", str(run_dir)))
+    assert [e["step"] for e in events if e["kind"] == "resumed"] == [3]
+    assert [e["step"] for e in events if e["kind"] == "checkpoint"] == [6, 9, 12]  # the scheduled ones only
+    assert events[-1]["kind"] == "finished" and events[-1]["steps"] == STEPS
+    assert not list((run_dir / "control").iterdir())
+    assert_identical(lora_tensors(tmp_path), uninterrupted)
+
+
+def test_a_request_made_once_the_engine_holds_the_lock_is_kept(tmp_path):
+    from engine.runs import RunControls, RunLock, request
+
+    request(tmp_path, "stop")  # for an engine that has ended
+    time.sleep(0.05)  # file times may tick every few milliseconds
+    with RunLock(tmp_path):
+        time.sleep(0.05)
+        request(tmp_path, "checkpoint")  # the run shows as running: this one is for the new engine
+        RunControls(tmp_path).discard_stale_requests()
+    assert sorted(p.name for p in (tmp_path / "control").iterdir()) == ["checkpoint"]
+
+
 def test_one_engine_per_run_and_no_resume_on_a_changed_dataset(tmp_path, tiny_model_dir, tiny_dataset):
     train_dir = tmp_path / "train"
     shutil.copytree(tiny_dataset[0], train_dir)
