@@ -111,7 +111,10 @@ class ReviewScreen(WizardScreen):
             plan_text.update("\n".join(lines))
         estimate = next((item for item in report.items if item.id == "run.estimate"), None)
         if estimate is not None:
-            self.query_one("#estimate", Static).update(t("review.estimate", summary=estimate.summary))
+            lines = [t("review.estimate", summary=estimate.summary)]
+            if estimate.status != "ok" and estimate.remedy:  # tight or too large: what to change, not only that
+                lines.append(t("review.estimate_remedy", remedy=estimate.remedy))
+            self.query_one("#estimate", Static).update("\n".join(lines))
         problems = [item for item in report.items if item.group == "run" and item.status != "ok" and item.id != "run.estimate"]
         self.query_one("#run-items", Vertical).mount_all([StatusRow(i.status, i.title, i.summary, i.remedy) for i in problems])
 
