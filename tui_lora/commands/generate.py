@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,8 +69,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.config import load_answers
     from engine.errors import UserError
-    from engine.sampling import ImageMaker, parse_lora_tags, resolve_lora_files, sampler_key
+    from engine.sampling import parse_lora_tags, resolve_lora_files, sampler_key
+    from tui_lora.commands.base_model import base_model
 
     if args.count < 1:
         raise UserError(f"--count {args.count} must be 1 or more")
@@ -83,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
     _, tags = parse_lora_tags(args.prompt)
     resolve_lora_files([name for name, _ in tags], args.lora_dir or Path.cwd())
 
-    base = base_model(args)
-    maker = ImageMaker.from_path(
-        base.path, device=args.device, tokenizer=base.tokenizer, prediction=base.prediction, clip_skip=base.clip_skip, vae=base.vae
-    )
+    # The dataset need not be here; the model is checked as it loads.
+    answers = load_answers(args.answers, check_paths=False) if args.answers else None
+    base = base_model(args, answers, no_model_fix="add --model BASE (a diffusers folder or a .safetensors file), or --answers ANSWERS.toml")
+    maker = base.load(args.device)
     if size is None and base.resolution is not None:
         size = (base.resolution, base.resolution)
     prompt = request(args, maker, size, sampler)
@@ -101,52 +102,6 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(path)
     return 0
-
-
-@dataclass
-class BaseModel:
-    """The base model to make images with, and how to load it."""
-
-    path: Path
-    tokenizer: Path | None = None
-    prediction: str = "auto"
-    vae: Path | None = None
-    clip_skip: int = 1
-    resolution: int | None = None  # None: the model family's
-
-
-def base_model(args: argparse.Namespace) -> BaseModel:
-    """From the answers file when one is given (as training loads the model), then the options on top."""
-    from engine.errors import UserError
-
-    base = _from_answers(args.answers) if args.answers else None
-    if base is None and args.model is None:
-        raise UserError("no base model given", fix="add --model BASE (a diffusers folder or a .safetensors file), or --answers ANSWERS.toml")
-    if base is None:
-        base = BaseModel(path=args.model)
-    elif args.model is not None:
-        base.path, base.tokenizer, base.prediction = args.model, None, "auto"  # the answers file's belong to its model
-    if args.tokenizer is not None:
-        base.tokenizer = args.tokenizer
-    if args.vae is not None:
-        base.vae = args.vae
-    if args.clip_skip is not None:
-        base.clip_skip = args.clip_skip
-    return base
-
-
-def _from_answers(path: Path) -> BaseModel:
-    from engine.config import load_answers
-
-    answers = load_answers(path, check_paths=False)  # the dataset need not be here; the model is checked as it loads
-    return BaseModel(
-        path=answers.model.path,
-        tokenizer=answers.model.tokenizer,
-        prediction=answers.model.prediction,
-        vae=answers.model.vae,
-        clip_skip=answers.training.clip_skip,
-        resolution=answers.dataset.resolution,
-    )
 
 
 def request(args: argparse.Namespace, maker: ImageMaker, size: tuple[int, int] | None, sampler: str | None) -> SamplePrompt:

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tui_lora.commands.base_model import BaseModel, base_model
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -57,35 +59,27 @@ def register(subparsers) -> None:
 
 @dataclass
 class RegSettings:
-    model: Path
+    base: BaseModel
     out: Path
     train: Path | None = None
-    tokenizer: Path | None = None
-    prediction: str = "auto"
-    vae: Path | None = None  # a VAE in place of the model's own
     size: int | None = None
     seed: int = 0
-    clip_skip: int = 1
 
 
 def reg_settings(args: argparse.Namespace) -> RegSettings:
     """Model, folders, size and seed: from the answers file when one is given, then the options on top."""
+    from engine.config import load_answers
     from engine.errors import UserError
 
-    settings = _from_answers(args.answers) if args.answers else None
-    model = args.model or (settings.model if settings else None)
-    out = args.out or (settings.out if settings else None)
-    if model is None:
-        raise UserError("no base model given", fix="add --model BASE (a diffusers folder or a .safetensors file), or give an answers file")
+    answers = load_answers(args.answers, check_paths=False) if args.answers else None  # the reg folder may not exist yet
+    base = base_model(args, answers, no_model_fix="add --model BASE (a diffusers folder or a .safetensors file), or give an answers file")
+    out = args.out or (answers.dataset.reg_dir if answers else None)
     if out is None:
         fix = "add --out REG_ROOT, or set `[dataset] reg_dir` in the answers file" if args.answers else "add --out REG_ROOT (e.g. --out reg)"
         raise UserError("no regularization folder given", fix=fix)
-    result = settings or RegSettings(model=model, out=out)
-    result.model, result.out = model, out
-    if args.model is not None:
-        result.tokenizer, result.prediction = None, "auto"  # the answers file's belong to its model
-    if args.vae is not None:
-        result.vae = args.vae
+    result = RegSettings(base=base, out=out, size=base.resolution)
+    if answers is not None:
+        result.train, result.seed = answers.dataset.train_dir, answers.training.seed
     if args.train is not None:
         result.train = args.train
     if args.size is not None:
@@ -95,23 +89,6 @@ def reg_settings(args: argparse.Namespace) -> RegSettings:
     if args.seed is not None:
         result.seed = args.seed
     return result
-
-
-def _from_answers(path: Path) -> RegSettings:
-    from engine.config import load_answers
-
-    answers = load_answers(path, check_paths=False)  # the reg folder may not exist yet
-    return RegSettings(
-        model=answers.model.path,
-        out=answers.dataset.reg_dir,
-        train=answers.dataset.train_dir,
-        tokenizer=answers.model.tokenizer,
-        prediction=answers.model.prediction,
-        vae=answers.model.vae,
-        size=answers.dataset.resolution,
-        seed=answers.training.seed,
-        clip_skip=answers.training.clip_skip,
-    )
 
 
 def image_count(args: argparse.Namespace, settings: RegSettings) -> int:
@@ -133,7 +110,6 @@ def run_generate(args: argparse.Namespace) -> int:
         DEFAULT_CFG,
         DEFAULT_SAMPLER,
         DEFAULT_STEPS,
-        ImageMaker,
         generate_regularization,
         reg_folder,
         reg_image_path,
@@ -150,13 +126,10 @@ def run_generate(args: argparse.Namespace) -> int:
     print(f"reg: {count} images of `{args.class_prompt.strip()}` in {folder}: {count - missing} there, {missing} to make", file=sys.stderr)
     maker = None
     if missing:
-        print(f"reg: loading {settings.model}", file=sys.stderr)
-        maker = ImageMaker.from_path(
-            settings.model, device=args.device, tokenizer=settings.tokenizer, prediction=settings.prediction,
-            clip_skip=settings.clip_skip, vae=settings.vae
-        )
+        print(f"reg: loading {settings.base.path}", file=sys.stderr)
+        maker = settings.base.load(args.device)
     result = generate_regularization(
-        maker or settings.model,
+        maker or settings.base.path,
         args.class_prompt,
         settings.out,
         count,
