@@ -349,13 +349,13 @@ class Trainer:
     def local_loss(self, batch: list[tuple[int, Example]]) -> torch.Tensor:
         """This process's share of the loss of a global batch, scaled so that the average over
         processes (which data-parallel training takes of the gradients) is the batch's mean loss."""
-        share = batch[self.rank :: self.world]
-        if not share:  # a short last batch: still take part in the gradient exchange, with weight 0
-            return self.batch_loss(batch[:1]) * 0.0
-        return self.batch_loss(share) * (len(share) * self.world / len(batch))
+        share = len(batch[self.rank :: self.world])  # 0 in a short last batch: a stand-in item, weight 0
+        return self.batch_loss(self.local_items(batch)) * (share * self.world / len(batch))
 
     def local_items(self, batch: list[tuple[int, Example]]) -> list[tuple[int, Example]]:
-        """The items of a global batch whose loss this process computes (see `local_loss`)."""
+        """The items of a global batch whose loss this process computes: its share, or the first
+        item as a stand-in when a short last batch leaves it none (it still takes part in the
+        gradient exchange)."""
         return batch[self.rank :: self.world] or batch[:1]
 
     def latent_key(self, index: int, example: Example) -> LatentKey:
