@@ -56,6 +56,11 @@ def events_until(root: Path, until: Callable[[dict], bool] | None) -> list[dict]
     return events[: end + 1]
 
 
+def events_after(root: Path, until: Callable[[dict], bool]) -> list[dict]:
+    """The rest of the recording: the events after those `events_until` gives."""
+    return recorded_events(root)[len(events_until(root, until)) :]
+
+
 def write_events(run: Path, events: list[dict]) -> None:
     with (run / "events.jsonl").open("a", encoding="utf-8") as handle:
         for event in events:

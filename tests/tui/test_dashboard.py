@@ -15,6 +15,7 @@ from dashboard_support import (
     LORA_BYTES,
     FixedMonitor,
     at_step,
+    events_after,
     events_until,
     recorded_events,
     recorded_run,
@@ -175,7 +176,7 @@ async def test_every_panel_mid_run_then_the_finish_screen(tmp_path, monkeypatch)
             assert "step 120/240" in text  # the latest step line
 
             # The rest of the run arrives; the engine lets go of the lock: the finish screen.
-            write_events(run, recorded_events(tmp_path)[len(shown_events):])
+            write_events(run, events_after(tmp_path, checkpoint_at(120)))
             (tmp_path / "output" / "usu_bear.safetensors").write_bytes(b"\0" * LORA_BYTES)
             await wait_for(pilot, lambda: screen.view.step == 240, "the last step")
             assert app.screen is screen  # the lock is still held: no ending yet
@@ -200,7 +201,7 @@ async def test_the_finish_screen_follows_when_the_engine_lets_go(tmp_path, monke
     try:
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_for(pilot, lambda: app.screen.view.step == 230, "step 230")
-            write_events(run, recorded_events(tmp_path)[len(events_until(tmp_path, at_step(230))):])
+            write_events(run, events_after(tmp_path, at_step(230)))
             lock.__exit__(None, None, None)
             await wait_for(pilot, lambda: app.screen.name == "finished", "the finish screen")
             assert "<lora:usu_bear:1> usu bear" in shown(app)
@@ -345,7 +346,7 @@ async def test_the_end_of_the_run_closes_an_open_question(tmp_path, monkeypatch)
             await wait_for(pilot, lambda: app.screen.name == "dashboard" and app.screen.view.step == 230, "step 230")
             await pilot.press("s")
             await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen", "the stop question")
-            write_events(run, recorded_events(tmp_path)[len(events_until(tmp_path, at_step(230))):])
+            write_events(run, events_after(tmp_path, at_step(230)))
             lock.__exit__(None, None, None)
             await wait_for(pilot, lambda: app.screen.name == "finished", "the finish screen")
             assert [screen.__class__.__name__ for screen in app.screen_stack][1:] == ["FinishScreen"]  # above the default screen
