@@ -96,7 +96,7 @@ def run_checks(
         *_output_items(answers),
         _precision_item(answers, recommendations),
         _optimizer_item(answers, facts),
-        _processes_item(answers, facts, recommendations),
+        _processes_item(run_estimate.setup, facts, recommendations),
         estimate_item(run_estimate, facts),
     ]
     items = machine_items(facts, recommendations) + run_items
@@ -198,12 +198,11 @@ def _optimizer_item(answers: Answers, facts: MachineFacts) -> CheckItem:
     return CheckItem("run.optimizer", "run", "Optimizer", "ok", f"{optimizer} ({package} {version})")
 
 
-def _processes_item(answers: Answers, facts: MachineFacts, recommendations: Recommendations) -> CheckItem:
-    """Whether this machine has a GPU for each of the run's processes."""
-    processes = answers.training.processes
+def _processes_item(setup: TrainingSetup, facts: MachineFacts, recommendations: Recommendations) -> CheckItem:
+    """Whether this machine has a GPU for each of the run's processes (`setup`: the answers')."""
+    processes = setup.processes
     title = "Processes"
-    training = answers.training
-    effective = f"effective batch {training.batch_size} x {processes} x {training.gradient_accumulation} = {training.batch_size * processes * training.gradient_accumulation}"
+    effective = f"effective batch {setup.batch_size} x {processes} x {setup.gradient_accumulation} = {setup.effective_batch}"
     if recommendations.device in ("cpu", "mps"):
         if processes == 1:
             return CheckItem("run.processes", "run", title, "ok", "1 (no GPU)")
