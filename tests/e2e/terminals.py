@@ -49,6 +49,9 @@ def shell_line(*argv: str | os.PathLike, env: Mapping[str, str] | None = None) -
     `env` variables are set with env(1), so the line works in any shell and over SSH, whose
     session starts with a minimal environment."""
     words = [str(arg) for arg in argv]
+    if env is not None and "PYTHONPATH" in os.environ:
+        # A checkout tested through PYTHONPATH (a git worktree) runs its own code over SSH too.
+        env = {"PYTHONPATH": os.environ["PYTHONPATH"], **env}
     if env:
         words = ["env", *(f"{name}={value}" for name, value in env.items()), *words]
     return shlex.join(words)
