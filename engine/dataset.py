@@ -213,8 +213,10 @@ def plan_dataset(train_dir: Path, reg_dir: Path | None = None, *, caption_extens
     return DatasetPlan(tuple(concepts), tuple(reg_concepts), tuple(match_reg_counts(reg_concepts, num_train_items)))
 
 
-def open_image(path: Path) -> Image.Image:
-    """Decode an image fully: EXIF rotation applied, transparency flattened onto white, RGB."""
+def open_image(path: Path, *, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Decode an image fully: EXIF rotation applied, transparency flattened onto white, RGB.
+    `draft` lets a JPEG decode at a reduced scale no smaller than that size (the tagger's input
+    is 448 px: decoding a 4000 px photo whole would cost more than tagging it)."""
     import warnings
 
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -223,6 +225,8 @@ def open_image(path: Path) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
+                if draft is not None:
+                    opened.draft("RGB", draft)
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -4,6 +4,7 @@
                               [--caption-extension .txt] [--batch-size N] [--json]
     lora-wizard dataset check ANSWERS_FILE [--json]
     lora-wizard dataset prepare IMAGES_DIR --token usu --class bear [--repeats N] --out TRAIN_ROOT
+    lora-wizard dataset caption DIR|ANSWERS_FILE [--model REPO|FOLDER] ...   (see its --help)
 
 `check` reads every file once and prints, per concept folder, its repeats, instance token and
 class, images, captions, size range and steps per epoch; then every problem with its file, what
@@ -70,6 +71,10 @@ def register(subparsers) -> None:
     prepare.add_argument("--caption-extension", default=".txt", metavar=".EXT", help="caption files that come along (default .txt)")
     prepare.add_argument("--copy", action="store_true", help="copy the files instead of hard-linking them")
     prepare.set_defaults(handler=run_prepare)
+
+    from tui_lora.commands.caption import register_caption
+
+    register_caption(actions)
 
 
 # ---------------------------------------------------------------------------------------------
