@@ -6,7 +6,9 @@
 
 Files are hard-linked where the file system allows it (no extra space; deleting either name
 leaves the other) and copied otherwise. The concept folder is built under a temporary name and
-renamed into place, so an interrupted run leaves no half-filled folder.
+renamed into place, so an interrupted run leaves no half-filled folder. What the dataset check
+would refuse (an image that does not decode, a caption file that cannot be read) is left out,
+with its image or caption, and listed with why (`left_out`): the result passes the check.
 
 Repeats, when not given: kohya users aim for about 100-200 image repeats per epoch. The rule
 here is `repeats = round(150 / images)`, between 1 and 100, so an epoch sees about 150 images:
@@ -20,6 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.checks.dataset import Problem, refused_files
 from engine.dataset import is_image, parse_concept_name
 from engine.errors import DatasetError
 
@@ -38,6 +41,9 @@ class PreparedDataset:
     linked: int  # files hard-linked
     copied: int  # files copied (no hard links across file systems, or --copy)
     left_behind: tuple[Path, ...]  # files of the source folder that are neither images nor their captions
+    # Images the dataset check would refuse (one that does not decode, a caption file that cannot
+    # be read), each with why; left out with their caption files, so the result passes the check.
+    left_out: tuple[Problem, ...] = ()
 
 
 def choose_repeats(image_count: int) -> int:
@@ -59,14 +65,16 @@ def prepare_dataset(
     images_dir, out = Path(images_dir), Path(out)
     prompt = f"{_checked_word(token, 'token', single=True)} {_checked_word(class_word, 'class')}"
     images = _source_images(images_dir)
-    repeats = choose_repeats(len(images)) if repeats is None else repeats
-    if repeats < 1:
+    if repeats is not None and repeats < 1:
         raise DatasetError(f"repeats must be 1 or more, not {repeats}", fix="leave --repeats out to have it chosen")
     if not caption_extension.startswith(".") or len(caption_extension) < 2:
         raise DatasetError(f"the caption extension `{caption_extension}` must start with a dot", fix="e.g. .txt")
     _refuse_existing_concept(out, prompt)
+    left_out = tuple(refused_files(images, caption_extension))
+    images = _without_refused(images, left_out, caption_extension)
+    repeats = choose_repeats(len(images)) if repeats is None else repeats
     wanted = [*images, *(c for c in dict.fromkeys(i.with_suffix(caption_extension) for i in images) if c.is_file())]
-    taken = set(wanted)
+    taken = set(wanted) | {problem.path for problem in left_out}
     left_behind = tuple(p for p in sorted(images_dir.iterdir()) if p.is_file() and p not in taken and not p.name.startswith("."))
 
     final = out / f"{repeats}_{prompt}"
@@ -84,7 +92,21 @@ def prepare_dataset(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     captions = len(wanted) - len(images)
-    return PreparedDataset(final, repeats, len(images), captions, linked, len(wanted) - linked, left_behind)
+    return PreparedDataset(final, repeats, len(images), captions, linked, len(wanted) - linked, left_behind, left_out)
+
+
+def _without_refused(images: list[Path], refused: tuple[Problem, ...], caption_extension: str) -> list[Path]:
+    """The images neither refused themselves nor through their caption file."""
+    refused_paths = {problem.path for problem in refused}
+    kept = [i for i in images if i not in refused_paths and i.with_suffix(caption_extension) not in refused_paths]
+    if not kept:
+        first = refused[0]
+        raise DatasetError(
+            f"none of the images can be used; {first.path.name}: {first.message}",
+            where=first.path.parent,
+            fix=first.fix,
+        )
+    return kept
 
 
 def _checked_word(text: str, what: str, *, single: bool = False) -> str:

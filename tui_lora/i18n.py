@@ -6,6 +6,9 @@ the current language, `{name}` placeholders filled from keyword arguments:
 
     t("review.saved", path="answers.toml")
 
+A message that counts something is a table of forms, chosen by the `count` value:
+`images = { one = "{count} image", other = "{count} images" }`, then `t("count.images", count=n)`.
+
 English is complete by definition (it is the source); a test fails when the Japanese catalogue
 lacks a message, has an empty one, or uses other placeholders. The language comes from a
 setting, else the locale (LC_ALL, LC_MESSAGES, LANG: `ja_JP.UTF-8` is Japanese), else English.
@@ -82,6 +85,8 @@ def current_language() -> str:
 def t(message_id: str, **values: Any) -> str:
     """The message in the current language (English where a translation is missing; the id
     itself where the message is unknown, so a slip shows instead of crashing the app)."""
+    if "count" in values and f"{message_id}.other" in catalogue(SOURCE_LANGUAGE):
+        message_id = f"{message_id}.{plural_form(values['count'])}"
     text = catalogue(_current).get(message_id)
     if text is None:
         text = catalogue(SOURCE_LANGUAGE).get(message_id, message_id)
@@ -89,4 +94,10 @@ def t(message_id: str, **values: Any) -> str:
 
 
 def has_message(message_id: str) -> bool:
-    return message_id in catalogue(SOURCE_LANGUAGE)
+    return message_id in catalogue(SOURCE_LANGUAGE) or f"{message_id}.other" in catalogue(SOURCE_LANGUAGE)
+
+
+def plural_form(count: int) -> str:
+    """`one` or `other`: the form of a message with a count (`{ one = "1 image", other = "{count}
+    images" }`). English and Japanese need no more forms; Japanese gives both the same text."""
+    return "one" if count == 1 else "other"

@@ -366,6 +366,17 @@ def _decode(path: Path) -> _ImageFacts | DatasetError:
         return _ImageFacts(path, image.width, image.height, digest.hexdigest())
 
 
+def refused_files(images: list[Path], caption_extension: str = ".txt") -> list[Problem]:
+    """The errors this check gives these images and their caption files on their own (an image
+    that does not decode, a caption file that cannot be read): `dataset prepare` leaves them out."""
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        walk = _Walk(caption_extension, pool)
+        walk.decode_all(images)
+    present = [image.with_suffix(caption_extension) for image in images]
+    walk.read_captions(_Listing(images=list(images), captions=[c for c in present if c.is_file()]))
+    return walk.problems
+
+
 class _Walk:
     """Walks the roots and collects the problems found on the way."""
 
@@ -437,8 +448,8 @@ class _Walk:
                 "folder.no_images", folder, "this concept folder holds no images",
                 f"add images ({', '.join(sorted(IMAGE_EXTENSIONS))}) or remove the folder",
             )
-        decoded = self._decode_all(listing.images)
-        captions = self._read_captions(listing)
+        decoded = self.decode_all(listing.images)
+        captions = self.read_captions(listing)
         if parsed is None:
             return None
         repeats, prompt = parsed
@@ -485,7 +496,7 @@ class _Walk:
             if path not in expected:
                 self.warning("caption.orphan", path, "caption file without an image of the same name: unused", "add its image, rename it to match one, or delete it")
 
-    def _decode_all(self, images: list[Path]) -> list[_ImageFacts]:
+    def decode_all(self, images: list[Path]) -> list[_ImageFacts]:
         decoded = []
         self.decodes += len(images)
         for result in self.pool.map(_decode, images):
@@ -495,7 +506,7 @@ class _Walk:
                 decoded.append(result)
         return decoded
 
-    def _read_captions(self, listing: _Listing) -> dict[Path, tuple[Path, str]]:
+    def read_captions(self, listing: _Listing) -> dict[Path, tuple[Path, str]]:
         """The caption file and text of each image that has one; a bad file is a problem once."""
         captions: dict[Path, tuple[Path, str]] = {}
         available = set(listing.captions)

@@ -162,6 +162,34 @@ def test_prepare_builds_a_layout_that_check_passes_and_training_accepts(tmp_path
     assert training_accepts(tmp_path / "train")
 
 
+def test_prepare_leaves_out_and_lists_what_the_check_would_refuse(tmp_path, capsys):
+    images = flat_folder(tmp_path / "photos")
+    broken = tmp_path / "photos" / "photo9999.png"
+    broken.write_bytes(b"not an image")
+    broken.with_suffix(".txt").write_text("usu bear, broken", encoding="utf-8")
+    images[1].with_suffix(".txt").write_bytes(b"\xff\xfe not utf-8 \x81")
+
+    assert main(["dataset", "prepare", str(tmp_path / "photos"), "--token", "usu", "--class", "bear", "--out", str(tmp_path / "train")]) == 0
+    out = capsys.readouterr().out
+    assert "left out: photo9999.png: the image cannot be decoded" in out
+    assert f"left out: {images[1].with_suffix('.txt').name}: the caption file is not UTF-8 text" in out
+    concept = next((tmp_path / "train").iterdir())
+    linked = {p.name for p in concept.iterdir()}
+    assert broken.name not in linked and broken.with_suffix(".txt").name not in linked  # with its caption
+    assert images[1].name not in linked and images[0].name in linked  # the image of the bad caption too
+    assert main(["dataset", "check", str(tmp_path / "train"), "--resolution", str(RESOLUTION)]) == 0
+    assert "0 errors" in capsys.readouterr().out
+
+
+def test_prepare_of_only_unusable_images_says_so(tmp_path, capsys):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"not an image")
+    assert main(["dataset", "prepare", str(tmp_path / "photos"), "--token", "usu", "--class", "bear", "--out", str(tmp_path / "train")]) == 2
+    err = capsys.readouterr().err
+    assert "none of the images can be used; a.png: the image cannot be decoded" in err
+    assert not (tmp_path / "train").exists() or not any((tmp_path / "train").iterdir())
+
+
 def test_prepare_refuses_to_overwrite_a_concept_folder(tmp_path, capsys):
     flat_folder(tmp_path / "photos")
     args = ["dataset", "prepare", str(tmp_path / "photos"), "--token", "usu", "--class", "bear", "--out", str(tmp_path / "train")]

@@ -214,6 +214,32 @@ async def test_a_flat_folder_is_prepared_into_kohya_folders(demo, workspace, tmp
         assert concepts[0].startswith("train 38_sks bear: 4 images × 38 = 152 per epoch")
 
 
+async def test_preparing_leaves_out_an_image_the_check_would_refuse(demo, workspace, tmp_path_factory):
+    photos = workspace / "photos"
+    photos.mkdir()
+    for image in sorted((demo / "train" / "10_usu bear").glob("*.png")):
+        shutil.copy(image, photos / image.name)
+    (photos / "broken.png").write_bytes(b"not an image")
+    app = make_app(tmp_path_factory.mktemp("data"))
+    app.draft.step = "dataset"
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "enter")
+        await settle(pilot)
+        app.screen.query_one("#images-dir").value = "photos"
+        app.screen.query_one("#token").value = "sks"
+        app.screen.query_one("#class-word").value = "bear"
+        await settle(pilot)
+        app.screen.query_one("#prepare-button").press()
+        await settle(pilot, 0.3)
+        concept = workspace / "train" / "38_sks bear"  # repeats for the 4 images kept
+        assert "broken.png" not in {p.name for p in concept.iterdir()}
+        result = widget_text(app.screen.query_one("#prepare-result"))
+        assert "Left out 1 file that training would refuse" in result
+        assert "broken.png: the image cannot be decoded" in result
+        assert app.screen.report is not None and app.screen.report.errors == []  # Next is not blocked
+
+
 async def test_next_waits_for_the_dataset_check_and_refuses_errors(demo, workspace, tmp_path_factory):
     broken = workspace / "broken" / "10_usu bear"
     broken.mkdir(parents=True)

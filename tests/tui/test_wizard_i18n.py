@@ -47,7 +47,7 @@ def test_every_message_id_in_the_code_exists():
         used |= set(re.findall(r"""(?<![\w.])t\(\s*"([a-z0-9_.]+)"\s*[,)]""", source.read_text(encoding="utf-8")))
         used |= set(re.findall(r"""Binding\([^)]*"(key\.[a-z_]+)"\)""", source.read_text(encoding="utf-8")))
     assert len(used) > 100  # the scan finds the app's messages
-    unknown = sorted(used - set(catalogue("en")))
+    unknown = sorted(i for i in used - set(catalogue("en")) if f"{i}.other" not in catalogue("en"))  # or a counted one
     assert not unknown, f"message ids used in the code but missing from en.toml: {unknown}"
 
 

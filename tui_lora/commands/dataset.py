@@ -284,5 +284,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     if result.left_behind:
         names = ", ".join(p.name for p in result.left_behind[:5]) + (" ..." if len(result.left_behind) > 5 else "")
         print(f"  left behind (not images or {args.caption_extension} captions): {names}")
+    for problem in result.left_out:
+        print(f"  left out: {problem.path.name}: {problem.message} (fix: {problem.fix})")
     print(f"Next: lora-wizard dataset check {args.out}")
     return 0

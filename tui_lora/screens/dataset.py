@@ -211,9 +211,11 @@ class DatasetScreen(WizardScreen):
         result.set_class(True, "fail")
 
     def prepared(self, prepared, out: str) -> None:
-        self.query_one("#prepare-result", Static).update(
-            t("dataset.prepared", folder=shown_path(prepared.concept_folder), images=prepared.images, repeats=prepared.repeats)
-        )
+        lines = [t("dataset.prepared", folder=shown_path(prepared.concept_folder), images=prepared.images, repeats=prepared.repeats)]
+        if prepared.left_out:
+            lines.append(t("dataset.prepared_left_out", count=len(prepared.left_out)))
+            lines += [f"  {problem.path.name}: {problem.message}" for problem in prepared.left_out]
+        self.query_one("#prepare-result", Static).update("\n".join(lines))
         self.query_one("#train-dir", Input).value = out
         self.draft.set("dataset.train_dir", out)
         self.query_one("#mode-existing", RadioButton).value = True
