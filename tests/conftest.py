@@ -161,3 +161,11 @@ def workspace(tmp_path, english_locale, monkeypatch) -> Path:
     """The folder the wizard runs in, in English (its draft and settings live in a private folder)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory):
+    """A tiny FLUX.1 dev model as kohya's four files (engine/tiny_flux.py), with its tokenizers beside them."""
+    from engine.tiny_flux import write_tiny_flux_files
+
+    return write_tiny_flux_files(tmp_path_factory.mktemp("tiny-flux"), variant="dev")
