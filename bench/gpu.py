@@ -9,7 +9,7 @@ memory is its own: SD 1.5 at 512 px per (batch, gradient checkpointing, option),
 
 Model FLOP utilisation = images/s x TFLOP per image (one LoRA step, forward + the backward to the
 activations: 1.6 for SD 1.5 at 512 px, 13.5 for SDXL at 1024 px; ../shared/reference/
-performance-facts.md, engine/checks/estimate.py FAMILY_COSTS) / the device's dense bf16 peak.
+performance-facts.md, engine/checks/costs.py FAMILY_COSTS) / the device's dense bf16 peak.
 Recomputation under gradient checkpointing is not counted: it is the model's FLOPs.
 """
 
@@ -29,13 +29,13 @@ SD15_CONFIGS = BENCH_DIR.parent / "engine" / "families" / "configs" / "sd15"
 SDXL_CONFIGS = BENCH_DIR.parent / "engine" / "families" / "configs" / "sdxl"
 SDXL_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 TFLOP_PER_IMAGE = 1.6  # SD 1.5 LoRA step at 512 px, without checkpointing's recomputation
-# SDXL as the wizard sets it up for an 8 GB card (engine/checks/environment.py: _fit_to_vram), kohya's
+# SDXL as the wizard sets it up for an 8 GB card (engine/checks/recommend.py: _fit_to_vram), kohya's
 # SDXL memory savings: batch 1 at 1024 px, the UNet only with the text encoders' outputs cached,
 # latents cached, gradient checkpointing, 8-bit AdamW where bitsandbytes works.
 SDXL_RESOLUTION = 1024
 SDXL_BATCH = 1
 SDXL_IMAGES = 4
-SDXL_VRAM_GOAL_GIB = 8.0  # the issue's goal; cards sold as 8 GB report 8 GiB (engine/checks/environment.py)
+SDXL_VRAM_GOAL_GIB = 8.0  # the issue's goal; cards sold as 8 GB report 8 GiB (engine/checks/recommend.py)
 
 # Dense (not sparse) bf16 tensor TFLOP/s from the vendors' datasheets; fp16 where a card has no bf16.
 # First match wins, so the more specific names come first.
@@ -167,7 +167,7 @@ def vram_goal(case: dict[str, Any]) -> dict[str, Any]:
     """Whether the case fits the 8 GB goal: the process's peak on the device as the driver reports it
     (the CUDA context included), or without NVML, torch's peak reserved memory (setup and steps)
     plus the CUDA context the estimator assumes. Nothing to judge without CUDA."""
-    from engine.checks.estimate import CUDA_CONTEXT_GIB
+    from engine.checks.costs import CUDA_CONTEXT_GIB
 
     goal: dict[str, Any] = {"vram_goal_gib": SDXL_VRAM_GOAL_GIB, "vram_for_goal_gib": None, "within_vram_goal": None,
                             "vram_goal_basis": "nothing (no CUDA device)"}
@@ -178,7 +178,7 @@ def vram_goal(case: dict[str, Any]) -> dict[str, Any]:
     else:
         reserved = max(case["peak_reserved_gb"], case.get("setup_peak_reserved_gb", 0.0))
         needed = reserved + CUDA_CONTEXT_GIB
-        basis = f"torch's peak reserved (setup, steps) + {CUDA_CONTEXT_GIB} GiB CUDA context (assumed, engine/checks/estimate.py)"
+        basis = f"torch's peak reserved (setup, steps) + {CUDA_CONTEXT_GIB} GiB CUDA context (assumed, engine/checks/costs.py)"
     return {**goal, "vram_for_goal_gib": needed, "within_vram_goal": needed <= SDXL_VRAM_GOAL_GIB, "vram_goal_basis": basis}
 
 
@@ -186,7 +186,7 @@ def measure_sdxl(folder: Path, *, peak: float | None, steps: int, rounds: int, c
                  resolution: int = SDXL_RESOLUTION, images: int = SDXL_IMAGES) -> dict[str, Any]:
     """The SDXL case with the wizard's 8 GB settings: images/s, MFU, peak memory and the 8 GB verdict.
     A case that fails is reported as not measured, with its error, so that the SD 1.5 figures stand."""
-    from engine.checks.estimate import FAMILY_COSTS
+    from engine.checks.costs import FAMILY_COSTS
 
     optimizer, optimizer_note = sdxl_optimizer()
     model, train = build_sdxl_folder(folder, configs=configs, images=images, size=resolution)

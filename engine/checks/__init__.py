@@ -6,8 +6,10 @@ it, and an estimate of a run's VRAM and time. Nothing here imports torch at modu
     report = run_checks(answers)     # and the run an answers file describes
 """
 
-from engine.checks.environment import CheckItem, MachineFacts, Recommendations, gather_facts, recommend
+from engine.checks.environment import MachineFacts, gather_facts
 from engine.checks.estimate import ComputeDevice, Estimate, TrainingSetup, estimate
+from engine.checks.items import CheckItem
+from engine.checks.recommend import Recommendations, recommend
 from engine.checks.report import CheckReport, run_checks
 
 __all__ = [

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.checks.dataset import check_dataset, judge_token, suggest_tokens
+from engine.checks.dataset import check_dataset
+from engine.checks.tokens import judge_token, suggest_tokens
 from engine.dataset import open_image, plan_dataset
 from engine.errors import DatasetError
 

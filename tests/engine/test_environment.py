@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.checks.costs import FAMILY_COSTS, GB, GiB
 from engine.checks.environment import (
     REQUIRED_PACKAGES,
     GpuFacts,
@@ -17,17 +18,10 @@ from engine.checks.environment import (
     NvidiaDriverFacts,
     TorchFacts,
     gather_facts,
-    machine_items,
     read_nvidia,
-    recommend,
-    training_gpu,
-    worst,
 )
 from engine.checks.estimate import (
-    FAMILY_COSTS,
-    GB,
     ComputeDevice,
-    GiB,
     TrainingSetup,
     estimate,
     frozen_part_bytes,
@@ -36,7 +30,11 @@ from engine.checks.estimate import (
     ram_needed_to_load,
     vram_needed,
 )
-from engine.checks.report import estimate_item, run_checks
+from engine.checks.items import worst
+from engine.checks.machine_items import machine_items
+from engine.checks.recommend import recommend, training_gpu
+from engine.checks.report import run_checks
+from engine.checks.run_items import estimate_item
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -481,11 +479,11 @@ def answers_with(**sections):
 @pytest.mark.parametrize("train_text_encoder", [False, True])
 @pytest.mark.parametrize("dataset", [{}, {"shuffle_tags": True}, {"caption_dropout": 0.1}])
 def test_the_estimate_parks_what_the_engine_parks(cache_latents, train_text_encoder, dataset):
-    from engine.checks.report import _answers_setup
+    from engine.checks.run_items import answers_setup
     from engine.devices import offloadable_parts
 
     answers = answers_with(training={"cache_latents": cache_latents}, network={"train_text_encoder": train_text_encoder}, dataset=dataset)
-    setup = _answers_setup(answers, "sdxl", recommend(machine(CARD_24GB), family="sdxl"))
+    setup = answers_setup(answers, "sdxl", recommend(machine(CARD_24GB), family="sdxl"))
     assert setup.parked_parts == offloadable_parts(answers)
 
 
@@ -580,7 +578,7 @@ def test_a_run_that_does_not_fit_is_told_the_savings_it_does_not_use_yet():
 @pytest.mark.parametrize(("samples", "expected"), [({}, False), ({"prompts": ["usu bear"]}, False),
                                                    ({"prompts": ["usu bear"], "every_steps": 100}, True)])
 def test_the_answers_estimate_counts_samples_only_when_some_are_made(samples, expected):
-    from engine.checks.report import _answers_setup
+    from engine.checks.run_items import answers_setup
 
     answers = answers_with(samples=samples)
-    assert _answers_setup(answers, "sdxl", recommend(machine(CARD_24GB), family="sdxl")).samples is expected
+    assert answers_setup(answers, "sdxl", recommend(machine(CARD_24GB), family="sdxl")).samples is expected

@@ -1,4 +1,4 @@
-"""The estimate's counted figures (engine/checks/estimate.py FAMILY_COSTS), recounted from the configs
+"""The estimate's counted figures (engine/checks/costs.py FAMILY_COSTS), recounted from the configs
 the package ships (engine/families/configs) on the meta device: no weights, no GPU, a few seconds."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.checks.estimate import FAMILY_COSTS, GiB
+from engine.checks.costs import FAMILY_COSTS, GiB
 
 CONFIGS = Path(__file__).resolve().parents[2] / "engine" / "families" / "configs"
 CONFIG_FOLDERS = {"sd1": "sd15", "sd2": "sd2", "sdxl": "sdxl"}

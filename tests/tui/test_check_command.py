@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.checks.costs import GiB
 from engine.checks.environment import GpuFacts
-from engine.checks.estimate import GiB
 from engine.checks.report import report_to_dict, run_checks
 from tests.conftest import write_answers
 from tests.engine.test_environment import CARD_12GB, CARD_24GB, alike_cards, machine

@@ -105,7 +105,7 @@ def _print_estimate(report: CheckReport, console: Console) -> None:
     from rich.markup import escape
 
     from engine.checks.environment import gib
-    from engine.checks.report import describe_time
+    from engine.checks.estimate import describe_time
 
     est = report.estimate
     setup = est.setup

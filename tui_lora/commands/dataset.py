@@ -135,7 +135,8 @@ def check_settings(args: argparse.Namespace) -> CheckSettings:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from engine.checks.dataset import Problem, check_dataset, load_model_tokenizer
+    from engine.checks.dataset import Problem, check_dataset
+    from engine.checks.tokens import load_model_tokenizer
     from engine.errors import UserError
 
     settings = check_settings(args)

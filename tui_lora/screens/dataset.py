@@ -36,7 +36,7 @@ MAX_PROBLEMS_SHOWN = 30
 
 
 def suggested_tokens() -> tuple[str, ...]:
-    from engine.checks.dataset import SUGGESTED_TOKENS
+    from engine.checks.tokens import SUGGESTED_TOKENS
 
     return SUGGESTED_TOKENS
 

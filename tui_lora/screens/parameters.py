@@ -44,7 +44,7 @@ def choice_label(spec: FieldSpec, value: str) -> str:
 
 def several_gpus(facts) -> bool:
     """More than one GPU that torch can train on (engine MachineFacts)."""
-    from engine.checks.environment import visible_gpus
+    from engine.checks.recommend import visible_gpus
 
     return facts is not None and facts.torch.cuda_available and len(visible_gpus(facts)) > 1
 
@@ -107,7 +107,7 @@ class ParametersScreen(WizardScreen):
         """The family's defaults, then the settings that fit this machine for that family, where
         the user has not chosen."""
         from engine.checks.defaults import family_defaults
-        from engine.checks.environment import recommend
+        from engine.checks.recommend import recommend
 
         self.family = family
         changed = self.draft.apply_defaults(family_defaults(family))

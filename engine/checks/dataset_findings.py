@@ -1,0 +1,111 @@
+"""What the scanned folders tell: small, stretched and duplicate images, too few of them, captions
+without the instance token, and regularization that does not match training.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from engine.checks.dataset_walk import Problem, ScannedConcept
+
+# The seed article: at least ~20 images of the subject alone, in varied poses and backgrounds.
+MIN_IMAGES = 20
+# Wider or taller than this is cropped to a sliver of the subject (or, with buckets, a thin bucket).
+MAX_ASPECT_RATIO = 3.0
+# The seed article: about 5x as many regularization images as training images.
+REG_IMAGES_PER_TRAINING_IMAGE = 5
+
+
+def image_problems(scanned: list[ScannedConcept], resolution: int) -> Iterator[Problem]:
+    for concept in scanned:
+        for image in concept.decoded:
+            width, height = image.width, image.height
+            # Training scales each image to cover resolution x resolution: a smaller side is upscaled.
+            if min(width, height) < resolution:
+                yield Problem(
+                    "warning", "image.small", image.path,
+                    f"{width}x{height} is smaller than the training resolution ({resolution} px): it is upscaled, which blurs it",
+                    f"use a larger original (at least {resolution} px on each side), or remove it",
+                )
+            ratio = max(width, height) / min(width, height)
+            if ratio > MAX_ASPECT_RATIO:
+                yield Problem(
+                    "warning", "image.aspect", image.path,
+                    f"{width}x{height} has an extreme aspect ratio ({ratio:.1f}:1, more than {MAX_ASPECT_RATIO:g}:1): most of it is cropped away",
+                    "crop it around the subject to a ratio under 3:1",
+                )
+
+
+def duplicate_problems(scanned: list[ScannedConcept]) -> Iterator[Problem]:
+    first_seen: dict[str, Path] = {}
+    for concept in scanned:
+        for image in concept.decoded:
+            original = first_seen.setdefault(image.digest, image.path)
+            if original != image.path:
+                yield Problem(
+                    "warning", "image.duplicate", image.path,
+                    f"the same pixels as {original}: this picture counts twice",
+                    "delete one of the two",
+                )
+
+
+def few_images_problems(train: list[ScannedConcept]) -> Iterator[Problem]:
+    for concept in train:
+        if 0 < len(concept.images) < MIN_IMAGES:
+            yield Problem(
+                "warning", "concept.few_images", concept.folder,
+                f"only {len(concept.images)} images; at least {MIN_IMAGES} are recommended (the seed article)",
+                "add images of the subject alone, in varied poses and backgrounds",
+            )
+
+
+def _word_pattern(word: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE)
+
+
+def caption_token_problems(train: list[ScannedConcept]) -> Iterator[Problem]:
+    for concept in train:
+        token = concept.instance_token
+        if token is None:
+            continue
+        pattern = _word_pattern(token)
+        for caption_file, caption in concept.captions.values():
+            if not pattern.search(caption):
+                yield Problem(
+                    "warning", "caption.no_token", caption_file,
+                    f"the caption does not contain the instance token `{token}`: this image trains without it",
+                    f"add `{token}` to the caption (a caption replaces the folder's prompt `{concept.prompt}`)",
+                )
+
+
+def reg_problems(train: list[ScannedConcept], reg: list[ScannedConcept], reg_dir: Path, unique_train_images: int) -> Iterator[Problem]:
+    train_classes = {c.class_word.lower(): c for c in train if c.class_word}
+    reg_classes = {c.prompt.lower() for c in reg}
+    if train_classes:
+        names = ", ".join(f"`{c.class_word}` ({c.folder.name})" for c in train_classes.values())
+        for concept in reg:
+            if concept.prompt.lower() not in train_classes:
+                first = next(iter(train_classes.values()))
+                yield Problem(
+                    "warning", "reg.class", concept.folder,
+                    f"the regularization class `{concept.prompt}` is not a training class ({names}): it keeps the wrong word's meaning",
+                    f"use images of the training class in a folder like `{concept.repeats}_{first.class_word}`, or remove this one",
+                )
+        for name, concept in train_classes.items():
+            if name not in reg_classes:
+                yield Problem(
+                    "warning", "reg.class", concept.folder,
+                    f"no regularization folder for the class `{concept.class_word}`",
+                    f"add `{reg_dir / ('1_' + concept.class_word)}` with images made by the base model from the prompt `{concept.class_word}`",
+                )
+    reg_images = sum(len(c.images) for c in reg)
+    if reg_images < unique_train_images:
+        suggested = REG_IMAGES_PER_TRAINING_IMAGE * unique_train_images
+        yield Problem(
+            "warning", "reg.few_images", reg_dir,
+            f"{reg_images} regularization images for {unique_train_images} unique training images: "
+            "kohya repeats them to match, so the same few are seen over and over",
+            f"add regularization images: about {REG_IMAGES_PER_TRAINING_IMAGE}x the training images ({suggested}), as the seed article suggests",
+        )
