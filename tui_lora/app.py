@@ -7,8 +7,9 @@ Each step is a fresh screen built from the draft (tui_lora/draft.py), so Esc / N
 the app and switching language all come down to "show this step". What a step does lives in its
 module under screens/; what the engine does stays in engine/.
 
-`run_app()` runs the app and then what the user asked to leave for (resuming a run), as
-`lora-wizard` subcommands in this terminal; `run_dashboard()` is `attach` on a terminal.
+`run_app()` runs the app and returns what the user asked to leave for (resuming a run): the
+command line runs it as `lora-wizard` subcommands in this terminal (tui_lora/follow_up.py);
+`run_dashboard()` is `attach` on a terminal.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from textual.screen import Screen
 
 from tui_lora import draft as drafts
 from tui_lora.draft import HOME, STEPS, Draft
+from tui_lora.follow_up import FollowUp
 from tui_lora.i18n import LANGUAGES, choose_language, current_language, set_language, t
 from tui_lora.screens.dashboard import DashboardScreen
 from tui_lora.screens.dataset import DatasetScreen
@@ -49,8 +51,6 @@ SCREENS: dict[str, type[Screen]] = {
 }
 # Keystrokes are kept on disk this long after the last one (an fsync each would slow typing).
 DRAFT_SAVE_DELAY = 0.3
-
-FollowUp = list[list[str]]  # `lora-wizard` argument lists to run after the app
 
 
 def spawn_engine(folder: Path) -> int:
@@ -292,40 +292,22 @@ class WizardApp(App[FollowUp | None]):
         yield SystemCommand(t("command.quit"), t("command.quit_help"), self.action_quit)
 
 
-def run_app(answers_file: Path | None = None) -> int:
-    """Run the wizard (on an answers file's answers, when given), then what it left for."""
+def run_app(answers_file: Path | None = None) -> FollowUp:
+    """Run the wizard (on an answers file's answers, when given); what it left for comes back."""
     from engine.config import load_answers
 
     answers = load_answers(answers_file) if answers_file is not None else None
-    app = WizardApp(answers=answers)
+    return _run(WizardApp(answers=answers))
+
+
+def run_dashboard(run_folder: Path) -> FollowUp:
+    """`lora-wizard attach RUN` on a terminal: the run's dashboard; what it left for (a resume)
+    comes back."""
+    return _run(WizardApp(attach=run_folder))
+
+
+def _run(app: WizardApp) -> FollowUp:
     follow_up = app.run() or []
     if app.farewell:
         print(app.farewell)
-    return run_follow_up(follow_up)
-
-
-def run_dashboard(run_folder: Path) -> int:
-    """`lora-wizard attach RUN` on a terminal: the run's dashboard; then what it left for (a
-    resume). The exit status is the run's, as plain `attach` gives it."""
-    from engine.runs import run_status
-    from tui_lora.commands.attach import EXIT_CODES
-
-    app = WizardApp(attach=run_folder)
-    follow_up = app.run() or []
-    if app.farewell:
-        print(app.farewell)
-    if follow_up:
-        return run_follow_up(follow_up)
-    state = run_status(run_folder).state
-    return 0 if state == "running" else EXIT_CODES.get(state, 1)
-
-
-def run_follow_up(commands: FollowUp) -> int:
-    """Run `lora-wizard` commands one after the other, stopping at the first that fails."""
-    from tui_lora.cli import main
-
-    for command in commands:
-        status = main(command)
-        if status != 0:
-            return status
-    return 0
+    return follow_up

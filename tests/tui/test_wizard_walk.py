@@ -242,7 +242,7 @@ async def test_home_lists_runs_and_leaves_to_attach_or_resume(demo, workspace, t
 
 def test_what_home_leaves_for_runs_as_lora_wizard_commands(demo, workspace, capsys):
     """After the app exits, its follow-up runs in this terminal: here `attach` on a finished run."""
-    from tui_lora.app import run_follow_up
+    from tui_lora.cli import run_follow_up
 
     run = write_run(workspace / "output", demo, "finished")
     assert run_follow_up([["attach", str(run)]]) == 0

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from engine.errors import UserError
+from tui_lora.follow_up import AppExit
 
 EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130, "stopped unexpectedly": 1}
 
@@ -23,15 +24,25 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int | AppExit:
     folder = args.run_dir
     if not (folder / "events.jsonl").is_file():
         raise UserError("this run has no events.jsonl", where=folder, fix="give a `<name>.run` folder")
     if not args.plain and sys.stdin.isatty() and sys.stdout.isatty():
         from tui_lora.app import run_dashboard
 
-        return run_dashboard(folder)
+        follow_up = run_dashboard(folder)
+        return AppExit(dashboard_exit_status(folder), follow_up)
     return follow_plain(folder)
+
+
+def dashboard_exit_status(folder: Path) -> int:
+    """The run's exit status once the dashboard has closed, as plain `attach` gives it; a run left
+    training in the background is no failure."""
+    from engine.runs import run_status
+
+    state = run_status(folder).state
+    return 0 if state == "running" else EXIT_CODES.get(state, 1)
 
 
 def follow_plain(folder: Path) -> int:

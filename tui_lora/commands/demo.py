@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from engine.config import load_answers
+from tui_lora.follow_up import AppExit
 
 
 def register(subparsers) -> None:
@@ -18,7 +19,7 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int | AppExit:
     from engine.demo import create_demo
 
     folder = args.folder or Path("lora-wizard-sdxl-demo" if args.sdxl else "lora-wizard-demo")
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if sys.stdin.isatty() and sys.stdout.isatty():
         from tui_lora.app import run_app
 
-        return run_app(answers_path)  # the wizard, on the demo's answers
+        return AppExit(0, run_app(answers_path))  # the wizard, on the demo's answers
     print(f"demo ready: {answers_path}")
     print(f"train it with:  lora-wizard train {answers_path}")
     return 0
