@@ -79,7 +79,8 @@ def read_header(path: Path, slot: str) -> Header:
     try:
         with safe_open(path, framework="pt") as handle:
             metadata = handle.metadata() or {}
-            slices = {key: handle.get_slice(key) for key in handle}
+            names = handle.keys()  # safe_open is not iterable
+            slices = {key: handle.get_slice(key) for key in names}
             shapes = {key: tuple(part.get_shape()) for key, part in slices.items()}
             dtypes = {key: part.get_dtype() for key, part in slices.items()}
     except (SafetensorError, OSError, ValueError) as exc:
