@@ -1,7 +1,15 @@
-"""The Rich progress display of a headless run on a terminal, fed by the run's events."""
+"""The Rich progress display of a headless run on a terminal, fed by the run's events.
+
+The time left is the dashboard's (`RunView.eta_seconds`), not Rich's own estimate: the engine
+writes its steps in batches with one timestamp, so Rich, which times its `update` calls, sees
+five steps in no time and shows a second or so left for most of the run.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -9,22 +17,38 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
+from rich.text import Text
+
+from tui_lora.run_view import RunView, format_duration
+
+
+class TimeLeftColumn(ProgressColumn):
+    """The run's time left, as the dashboard computes it from the times between reports."""
+
+    def __init__(self, view: RunView, clock: Callable[[], float]):
+        super().__init__()
+        self.view, self.clock = view, clock
+
+    def render(self, task: Task) -> Text:
+        return Text(format_duration(self.view.eta_seconds(self.clock())), style="progress.remaining")
 
 
 class RichProgress:
-    def __init__(self, console: Console | None = None):
+    def __init__(self, console: Console | None = None, clock: Callable[[], float] = time.time):
         self.console = console or Console()
+        self.view = RunView(Path("."))
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]}"),
             TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            TimeLeftColumn(self.view, clock),
             console=self.console,
         )
         self.task = self.progress.add_task("loading model", total=None, epoch="-", loss="-")
@@ -38,6 +62,7 @@ class RichProgress:
         self.progress.stop()
 
     def on_event(self, event: dict[str, Any]) -> None:
+        self.view.apply(event)
         kind = event["kind"]
         if kind == "started":
             self.console.print(f"run folder: {event['run_dir']}")
