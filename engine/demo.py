@@ -10,6 +10,7 @@ from pathlib import Path
 
 from engine.config import Answers, save_answers
 from engine.errors import UserError
+from engine.library_logs import silence_known_noise
 from engine.tiny import build_tiny_sd1_pipeline, build_tiny_sdxl_pipeline, write_synthetic_dataset
 
 DEMO_RESOLUTION = 64
@@ -44,6 +45,7 @@ def create_demo(folder: Path, *, overwrite: bool = False, sdxl: bool = False) ->
         return answers_path
     folder.mkdir(parents=True, exist_ok=True)
     if not (model / "model_index.json").exists():
+        silence_known_noise()
         (build_tiny_sdxl_pipeline if sdxl else build_tiny_sd1_pipeline)(model)
     if not (folder / "train").exists():
         write_synthetic_dataset(folder, size=DEMO_RESOLUTION)

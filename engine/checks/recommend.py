@@ -156,7 +156,7 @@ def recommend(
     device = training_device(facts)
     ram_needed, ram_source = ram_needed_to_load(family, facts.platform)
     warnings = _ram_warnings(facts, ram_needed, ram_source)
-    cached = "latents cached in memory: the VAE encoder costs more than the UNet forward pass (performance-facts.md)"
+    cached = "latents cached in memory: each image is encoded once, not every epoch (the VAE encoder costs more than the UNet forward pass)"
     common = {
         "device": device.kind, "device_name": device.name, "cache_latents": "memory", "ram_swap_needed": ram_needed,
         "ram_swap_source": ram_source, "family": family, "train_text_encoder": train_text_encoder,

@@ -93,6 +93,9 @@ def load_base_model(
     """Load a base model from a diffusers folder or a single .safetensors / .ckpt file, offline;
     with `vae`, that VAE (folder or file, engine/families/vae.py) replaces the model's own."""
     from engine.families.sd import load_sd_model
+    from engine.library_logs import silence_known_noise
+
+    silence_known_noise()
 
     model = load_sd_model(Path(path), prediction=prediction, tokenizer_dir=Path(tokenizer) if tokenizer else None)
     if vae is not None:
