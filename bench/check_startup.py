@@ -1,7 +1,8 @@
 """Wall time of `lora-wizard check` (and `--json`), best of 5 runs, each a fresh process.
 
-The aim is under 2 s on a machine without a GPU; most of it is importing torch (~1.2 s), which
-the check needs to tell a CUDA build from a CPU one.
+The aim is under 2 s on a machine without a GPU. The check reads torch's build from its files
+(torch/version.py) and imports torch only where that cannot tell whether CUDA works (a CUDA or
+ROCm build with a driver present), so on a CPU build it should sit well under `import torch`.
 
     python bench/check_startup.py [--runs 5] [ANSWERS_FILE]
 """
@@ -33,7 +34,7 @@ def main() -> None:
     runs = (
         ("lora-wizard check", base),
         ("lora-wizard check --json", [*base, "--json"]),
-        # The floor: the check imports torch to read its build, and nothing else costs as much.
+        # For comparison: what the check cost when it imported torch to read its build.
         ("python -c 'import torch' (reference)", [sys.executable, "-c", "import torch"]),
     )
     for label, command in runs:

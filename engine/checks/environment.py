@@ -5,12 +5,17 @@ Reading the facts (`gather_facts`) is the only part that touches the machine; th
 functions of a `MachineFacts`, so tests can describe any GPU.
 
 Facts come from nvidia-ml-py (GPUs, driver), psutil (memory), importlib.metadata (package
-versions, without importing the packages) and torch (its build and whether CUDA works; imported
-inside `read_torch`, never at module level, because importing it takes over a second).
+versions, without importing the packages) and torch (its build and whether CUDA works).
+Importing torch takes a second or more, so `read_torch` first reads its build from the files of
+the install (`torch/version.py`, which torch's own `torch.version` is) and imports torch only when
+that cannot settle whether CUDA works: a CPU build (off macOS), or any build on a machine without
+an NVIDIA driver, is answered from the files alone.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import os
 import re
 import shutil
@@ -102,13 +107,14 @@ class MachineFacts:
 
 
 def gather_facts(output_dir: str | Path | None = None) -> MachineFacts:
-    """Read the machine: a second or so, most of it importing torch. Never raises for a missing
+    """Read the machine: a fraction of a second, or a second or so where torch must be imported
+    to know whether CUDA works. Never raises for a missing
     GPU, driver or package; those are facts too."""
     import psutil
 
     driver, nvml_gpus = read_nvidia()
     # NVML knows free VRAM without starting CUDA; torch lists the GPUs only where NVML cannot (AMD).
-    torch_facts, torch_gpus = read_torch(list_gpus=not nvml_gpus)
+    torch_facts, torch_gpus = read_torch(list_gpus=not nvml_gpus, driver=driver)
     memory, swap = psutil.virtual_memory(), psutil.swap_memory()
     disk_path = existing_ancestor(Path(output_dir) if output_dir else Path.cwd() / "output")
     return MachineFacts(
@@ -178,9 +184,12 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def read_torch(*, list_gpus: bool = True) -> tuple[TorchFacts, tuple[GpuFacts, ...]]:
+def read_torch(*, list_gpus: bool = True, driver: NvidiaDriverFacts | None = None) -> tuple[TorchFacts, tuple[GpuFacts, ...]]:
     """torch's version and build, whether CUDA works, and (with `list_gpus`) the GPUs torch sees:
-    for ROCm, where NVML knows nothing."""
+    for ROCm, where NVML knows nothing. Without importing torch where its files settle it."""
+    from_files = torch_facts_from_files(driver)
+    if from_files is not None:
+        return from_files, ()
     try:
         import torch
     except Exception as exc:  # not installed, or a broken install (a missing DLL on Windows)
@@ -205,6 +214,41 @@ def read_torch(*, list_gpus: bool = True) -> tuple[TorchFacts, tuple[GpuFacts, .
             bf16 = torch.cuda.is_bf16_supported() if hip else None
             gpus.append(GpuFacts(index, props.name, int(props.total_memory), None, (props.major, props.minor), bf16=bf16))
     return facts, tuple(gpus)
+
+
+def torch_facts_from_files(driver: NvidiaDriverFacts | None, folder: Path | None = None) -> TorchFacts | None:
+    """TorchFacts read from torch's `version.py` when importing torch could add nothing: no CUDA
+    or ROCm in the build (macOS excepted: MPS), or a CUDA build where NVML finds no driver. None
+    when torch must be imported to know (or its files cannot be read)."""
+    if folder is None:
+        try:
+            spec = importlib.util.find_spec("torch")  # finds the package without importing it
+        except (ImportError, ValueError):
+            return None
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        folder = Path(list(spec.submodule_search_locations)[0])
+    values = _module_constants(folder / "version.py")
+    version, cuda, hip = values.get("__version__"), values.get("cuda"), values.get("hip")
+    if not isinstance(version, str) or sys.platform == "darwin" or hip:
+        return None
+    if cuda and not (driver is not None and driver.status == "not_found"):
+        return None
+    return TorchFacts(version=version, build="cuda" if cuda else "cpu", cuda_version=cuda)
+
+
+def _module_constants(path: Path) -> dict[str, object]:
+    """The `name = constant` lines of a Python file, read without running it."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return {}
+    constants: dict[str, object] = {}
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else getattr(node, "target", None)
+        if isinstance(target, ast.Name) and isinstance(getattr(node, "value", None), ast.Constant):
+            constants[target.id] = node.value.value
+    return constants
 
 
 def read_packages(names: list[str]) -> dict[str, str | None]:
