@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 from engine.errors import DatasetError
 
 if TYPE_CHECKING:
-    import torch
     from PIL import Image
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
@@ -254,13 +253,3 @@ def resize_and_crop(image: Image.Image, width: int, height: int) -> Image.Image:
     left = (resized.width - width) // 2
     top = (resized.height - height) // 2
     return resized.crop((left, top, left + width, top + height))
-
-
-def image_tensor(path: Path, resolution: int) -> torch.Tensor:
-    """The training tensor of an image: 3 x resolution x resolution, values in [-1, 1]."""
-    import numpy as np
-    import torch
-
-    image = resize_and_crop(open_image(path), resolution, resolution)
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()

@@ -6,7 +6,8 @@
 - Frozen modules whose work is done once setup has cached their outputs (the VAE after the latent
   cache, the frozen text encoders after the caption cache) wait in host memory and come back to the
   GPU only while needed (sample images): about 0.6 GB of VRAM for SD 1.5 (fp32 VAE, bf16 text
-  encoder), about 2 GB for SDXL (the second text encoder alone is 1.4 GB in bf16).
+  encoder), about 2 GB for SDXL (the second text encoder alone is 1.4 GB in bf16). Which parts
+  wait is engine/parking.py's rule; `Parking` here moves them.
 - TF32 matrix multiplications on Ampere and later; on request, channels_last for the UNet's
   convolutions (`[training] channels_last`) and `torch.compile` (`[training] compile`, train.py).
 
@@ -23,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from engine.config import Answers
 
 PARKING_DEVICE = "cpu"
 
@@ -35,43 +35,6 @@ def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda" and tensor.device.type == "cpu":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
-
-
-def captions_cacheable(answers: Answers) -> bool:
-    """A frozen text encoder's output depends on the caption alone, unless tags are shuffled or
-    captions dropped: then there are too many variants to cache."""
-    return conditioning_cacheable(text_encoders_trained=answers.network.train_text_encoder, captions_vary=captions_vary(answers))
-
-
-def captions_vary(answers: Answers) -> bool:
-    """Tags shuffled or captions dropped: an image's caption differs from step to step."""
-    return bool(answers.dataset.shuffle_tags or answers.dataset.caption_dropout)
-
-
-def conditioning_cacheable(*, text_encoders_trained: bool, captions_vary: bool) -> bool:
-    return not text_encoders_trained and not captions_vary
-
-
-def offloadable_parts(answers: Answers) -> frozenset[str]:
-    """The frozen parts of this run that can wait in host memory once setup has run."""
-    return parked_parts(
-        latents_cached=answers.training.cache_latents != "off",
-        text_encoders_trained=answers.network.train_text_encoder,
-        captions_vary=captions_vary(answers),
-    )
-
-
-def parked_parts(*, latents_cached: bool, text_encoders_trained: bool, captions_vary: bool) -> frozenset[str]:
-    """The frozen parts that can wait in host memory once setup has run: "vae" when every latent
-    is cached (it comes back for sample images), "text_encoders" when they are frozen and every
-    caption's conditioning is cached (the SDXL default: UNet only). On plain facts, so that the
-    VRAM estimate (engine/checks/estimate.py) applies the same rule before any answers file exists."""
-    parts = set()
-    if latents_cached:
-        parts.add("vae")
-    if conditioning_cacheable(text_encoders_trained=text_encoders_trained, captions_vary=captions_vary):
-        parts.add("text_encoders")
-    return frozenset(parts)
 
 
 class Parking:

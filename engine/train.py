@@ -33,10 +33,10 @@ from engine.checkpoint import (
 )
 from engine.config import Answers
 from engine.dataset import Example
-from engine.devices import captions_cacheable
 from engine.errors import UserError
 from engine.events import EventLog
 from engine.families import ImageGeometry
+from engine.parking import captions_cacheable
 from engine.plan import TrainingPlan, check_output_free
 from engine.seeds import derive_seed, epoch_order, generator
 
@@ -170,10 +170,11 @@ class Trainer:
         import torch
         from accelerate import Accelerator
 
-        from engine.devices import Parking, enable_tf32, offloadable_parts, use_channels_last
+        from engine.devices import Parking, enable_tf32, use_channels_last
         from engine.families import load_base_model
         from engine.latents import LatentCache
         from engine.lora import add_lora, load_lora_file_into, lora_parameters, text_encoder_parameters
+        from engine.parking import offloadable_parts
 
         a = self.answers
         device_type = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"

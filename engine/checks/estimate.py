@@ -8,7 +8,7 @@ deliberately small:
       caching  = CUDA context + the VAE + the VAE encoding one image (setup caches the latents with
                  the VAE alone on the GPU; the UNet and text encoders arrive after it)
       training = CUDA context + the UNet + the frozen parts not parked in host memory after caching
-                 (engine.devices.parked_parts) + LoRA parameters x 16 bytes (fp32 weight, gradient,
+                 (engine.parking.parked_parts) + LoRA parameters x 16 bytes (fp32 weight, gradient,
                  two AdamW moments; 10 with 8-bit AdamW)
                  + activations per image x batch size x (resolution / family resolution)^2
       sampling = training's weights and optimizer state (no gradients, no activations) + a parked
@@ -45,7 +45,7 @@ from engine.checks.costs import (
     GiB,
     GpuSpeed,
 )
-from engine.devices import parked_parts
+from engine.parking import parked_parts
 
 
 @dataclass(frozen=True)

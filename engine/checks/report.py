@@ -29,7 +29,7 @@ from engine.checks.run_items import (
     recommended_setup,
 )
 from engine.config import Answers
-from engine.devices import captions_vary
+from engine.parking import captions_vary
 
 JSON_SCHEMA_VERSION = 1
 

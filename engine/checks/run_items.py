@@ -14,8 +14,8 @@ from engine.checks.estimate import Estimate, TrainingSetup, describe_time
 from engine.checks.items import CheckItem
 from engine.checks.recommend import Recommendations, training_device, training_gpu, usable_vram, visible_gpus
 from engine.config import Answers
-from engine.devices import captions_vary
 from engine.errors import UserError
+from engine.parking import captions_vary
 from engine.plan import check_output_free
 
 DEFAULT_FAMILY = "sd1"  # the seed article's model, when no answers file names one

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.dataset import image_tensor, match_reg_counts, open_image, plan_dataset, resize_and_crop
+from engine.dataset import match_reg_counts, open_image, plan_dataset, resize_and_crop
 from engine.errors import DatasetError
+from engine.latents import image_tensor
 
 
 def make_images(folder: Path, count: int, size=(32, 32), colour=(200, 10, 10)) -> list[Path]:
@@ -127,7 +128,7 @@ def test_resize_and_centre_crop():
 
 def test_image_tensor_range_and_shape(tmp_path):
     (path,) = make_images(tmp_path, 1, size=(50, 70), colour=(255, 0, 128))
-    tensor = image_tensor(path, 32)
+    tensor = image_tensor(path, (32, 32))
     assert tuple(tensor.shape) == (3, 32, 32)
     assert tensor.min() >= -1.0 and tensor.max() <= 1.0
     assert tensor[0, 0, 0].item() == pytest.approx(1.0)

@@ -23,10 +23,9 @@ import pytest
 import torch
 
 from engine.config import load_answers
-from engine.dataset import image_tensor
 from engine.events import EventLog
 from engine.families import LoadedModel, load_base_model
-from engine.latents import encode_image
+from engine.latents import encode_image, image_tensor
 from engine.plan import plan_training
 from engine.train import Trainer
 from tests.conftest import write_answers
@@ -123,7 +122,7 @@ def build_base_model(folder: Path, class_paths: list[Path], instance_paths: list
 
     build_tiny_sd1_pipeline(folder, seed=seed)
     model = load_base_model(folder)
-    calibrate_vae(model.vae, torch.stack([image_tensor(p, SIZE) for p in (*class_paths, *instance_paths)]))
+    calibrate_vae(model.vae, torch.stack([image_tensor(p, (SIZE, SIZE)) for p in (*class_paths, *instance_paths)]))
     pretrain(model, encode_latents(model, class_paths), CLASS_PROMPT, seed=seed)
     model.unet.save_pretrained(folder / "unet")
     model.vae.save_pretrained(folder / "vae")
@@ -162,7 +161,7 @@ def train_lora(folder: Path, base: Path, train_dir: Path, reg_dir: Path | None, 
 
 
 def encode_latents(model: LoadedModel, paths: list[Path]) -> torch.Tensor:
-    return torch.stack([encode_image(model, image_tensor(p, SIZE), mode="mean", sample_generator=None) for p in paths])
+    return torch.stack([encode_image(model, image_tensor(p, (SIZE, SIZE)), mode="mean", sample_generator=None) for p in paths])
 
 
 def eval_pairs(latent_shape: torch.Size, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

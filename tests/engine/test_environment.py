@@ -480,7 +480,7 @@ def answers_with(**sections):
 @pytest.mark.parametrize("dataset", [{}, {"shuffle_tags": True}, {"caption_dropout": 0.1}])
 def test_the_estimate_parks_what_the_engine_parks(cache_latents, train_text_encoder, dataset):
     from engine.checks.run_items import answers_setup
-    from engine.devices import offloadable_parts
+    from engine.parking import offloadable_parts
 
     answers = answers_with(training={"cache_latents": cache_latents}, network={"train_text_encoder": train_text_encoder}, dataset=dataset)
     setup = answers_setup(answers, "sdxl", recommend(machine(CARD_24GB), family="sdxl"))

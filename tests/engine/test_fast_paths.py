@@ -15,8 +15,9 @@ from safetensors.torch import load_file
 import engine.latents
 from engine.checkpoint import Position
 from engine.config import answers_from_dict, load_answers
-from engine.devices import Parking, enable_tf32, loader_workers, offloadable_parts, use_channels_last
+from engine.devices import Parking, enable_tf32, loader_workers, use_channels_last
 from engine.events import EventLog
+from engine.parking import offloadable_parts
 from engine.plan import plan_training
 from engine.train import Controls, Interrupted, Trainer, build_optimizer, train
 from tests.conftest import copy_with_nan_vae, write_answers
