@@ -33,3 +33,10 @@ def test_the_cuda_build_comes_from_pytorchs_documented_index_form():
     assert urls, "the README says where the CUDA build comes from"
     assert all(re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", url) for url in urls), urls
     assert "--index-url https://download.pytorch.org/whl/cu" in setup
+
+
+def test_the_several_machines_path_is_not_called_untested():
+    readme = (REPOSITORY / "README.md").read_text(encoding="utf-8")
+    several = readme[readme.index("Several machines") :]
+    assert "untested" not in several[: several.index("\n\n")]
+    assert "two nodes" in several

@@ -7,6 +7,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -224,3 +225,44 @@ def test_a_stopped_two_process_run_exits_and_resumes_to_the_uninterrupted_lora(t
     lora = load_file(tmp_path / "stopped" / "output" / "tiny.safetensors")
     reference = load_file(tmp_path / "uninterrupted" / "output" / "tiny.safetensors")
     assert relative_difference(reference, lora) < 1e-5
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_on_one_machine_train_as_two_processes_do(two_process_run, tmp_path, tiny_model_dir, tiny_dataset):
+    """README "Several machines", on one machine: node 0 through `lora-wizard train --nnodes`,
+    node 1 through torchrun on the run folder, meeting at a c10d rendezvous on 127.0.0.1."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    answers = answers_for(tmp_path, tiny_model_dir, tiny_dataset, batch_size=2, processes=1)
+    run_dir = tmp_path / "output" / "tiny.run"
+    first = subprocess.Popen(
+        [LORA_WIZARD, "train", str(answers), "--processes", "1", "--nnodes", "2", "--node-rank", "0", "--rdzv-endpoint", endpoint],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "answers.toml").is_file():  # node 0 creates the run folder
+            assert first.poll() is None and time.monotonic() < deadline, first.stdout.read() if first.poll() is not None else "no run folder"
+            time.sleep(0.1)
+        second = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "1",
+             "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "-m", "engine", "run", str(run_dir)],
+            capture_output=True, text=True, timeout=600,
+        )
+        output, _ = first.communicate(timeout=600)
+    finally:
+        kill_leftovers([psutil.Process(first.pid), *psutil.Process(first.pid).children(recursive=True)] if first.poll() is None else [])
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert first.returncode == 0, output[-3000:] + (run_dir / "engine.log").read_text()[-3000:]
+    events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert events[-1]["kind"] == "finished"
+    assert [e["step"] for e in events if e["kind"] == "step"] == list(range(1, 9))  # 2 nodes x batch 2: as 2 processes
+    two_processes, _ = two_process_run
+    reference = load_file(two_processes / "output" / "tiny.safetensors")
+    assert relative_difference(reference, load_file(tmp_path / "output" / "tiny.safetensors")) < 1e-5

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from engine.errors import UserError
-from tui_lora.commands.train import add_launcher_options, launcher_args
+from tui_lora.commands.train import add_launcher_options, launcher_args, processes_per_machine
 
 
 def register(subparsers) -> None:
@@ -24,9 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from tui_lora.commands.train import detach, run_here
 
     folder = args.run_dir
-    answers = load_run_answers(folder)
-    if args.processes:
-        answers = answers.model_copy(update={"training": answers.training.model_copy(update={"processes": args.processes})})
+    answers, here = processes_per_machine(args, load_run_answers(folder), frozen=True)
     status = run_status(folder)
     if status.state == "running":
         raise UserError(
@@ -41,5 +39,5 @@ def run(args: argparse.Namespace) -> int:
     if saved is not None:  # refuse a changed dataset before loading anything heavy
         check_same_dataset(saved, dataset_fingerprint(plan.dataset), folder)
     if args.detach:
-        return detach(folder, plan, resume=True, launcher=launcher_args(args))
-    return run_here(plan, folder, resume=True, launcher=launcher_args(args))
+        return detach(folder, plan, resume=True, launcher=launcher_args(args), here=here)
+    return run_here(plan, folder, resume=True, launcher=launcher_args(args), here=here)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from engine.config import load_answers
+from engine.errors import UserError
 from engine.plan import TrainingPlan
 
 
@@ -28,7 +29,7 @@ def register(subparsers) -> None:
 def add_launcher_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("several GPUs (data parallel, through torchrun)")
     group.add_argument("--processes", type=int, metavar="N", help="processes (GPUs) on this machine; overrides [training] processes")
-    group.add_argument("--nnodes", metavar="N", help="machines taking part (torchrun --nnodes)")
+    group.add_argument("--nnodes", type=int, metavar="N", help="machines taking part (torchrun --nnodes), each with --processes processes")
     group.add_argument("--node-rank", metavar="R", help="this machine's rank (torchrun --node-rank)")
     group.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous address (torchrun --rdzv-endpoint)")
 
@@ -45,6 +46,26 @@ def launcher_args(args: argparse.Namespace) -> list[str]:
     return options
 
 
+def processes_per_machine(args: argparse.Namespace, answers, *, frozen: bool = False):
+    """(answers, processes to start here). With several machines (`--nnodes`), `--processes` (or
+    `[training] processes`) counts this machine's processes, and the run's answers count them all,
+    as the engine and the step arithmetic do (the world size). `frozen`: a run's answers, which
+    already count them all."""
+    machines = args.nnodes or 1
+    if machines < 1:
+        raise UserError(f"--nnodes {machines}: give 1 or more machines", fix="e.g. --nnodes 2")
+    if args.processes:
+        here = args.processes
+    else:
+        here = answers.training.processes // machines if frozen else answers.training.processes
+    if here < 1:
+        raise UserError(f"{answers.training.processes} processes cannot be shared by {machines} machines", fix="give --processes, the processes on each machine")
+    total = here * machines
+    if total != answers.training.processes:
+        answers = answers.model_copy(update={"training": answers.training.model_copy(update={"processes": total})})
+    return answers, here
+
+
 def print_plan(plan: TrainingPlan, file=sys.stdout) -> None:
     print("Plan", file=file)
     for key, value in plan.settings().items():
@@ -58,9 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.plan import prepare_plan
     from engine.runs import create_run_folder
 
-    answers = load_answers(args.answers)
-    if args.processes:
-        answers = answers.model_copy(update={"training": answers.training.model_copy(update={"processes": args.processes})})
+    answers, here = processes_per_machine(args, load_answers(args.answers))
     plan = prepare_plan(answers)
     if args.dry_run:
         print_plan(plan)
@@ -68,20 +87,21 @@ def run(args: argparse.Namespace) -> int:
         return 0
     folder = create_run_folder(plan.answers)
     if args.detach:
-        return detach(folder, plan, launcher=launcher_args(args))
-    return run_here(plan, folder, launcher=launcher_args(args))
+        return detach(folder, plan, launcher=launcher_args(args), here=here)
+    return run_here(plan, folder, launcher=launcher_args(args), here=here)
 
 
-def detach(folder: Path, plan: TrainingPlan, *, resume: bool = False, launcher: list[str] | None = None) -> int:
+def detach(folder: Path, plan: TrainingPlan, *, resume: bool = False, launcher: list[str] | None = None, here: int | None = None) -> int:
+    """`here`: the processes to start on this machine (default: all the run's)."""
     from engine.runs import spawn_detached
 
-    pid = spawn_detached(folder, resume=resume, processes=plan.answers.training.processes, launcher_args=launcher)
+    pid = spawn_detached(folder, resume=resume, processes=here or plan.answers.training.processes, launcher_args=launcher)
     print(folder)
     print(f"engine running in the background (pid {pid}); follow it with: lora-wizard attach {folder}", file=sys.stderr)
     return 0
 
 
-def run_here(plan: TrainingPlan, folder: Path, *, resume: bool = False, launcher: list[str] | None = None) -> int:
+def run_here(plan: TrainingPlan, folder: Path, *, resume: bool = False, launcher: list[str] | None = None, here: int | None = None) -> int:
     """Train from this terminal, with its progress here: in this process, or, for several
     processes, in torchrun's children whose events are relayed."""
     if sys.stdout.isatty():
@@ -89,16 +109,16 @@ def run_here(plan: TrainingPlan, folder: Path, *, resume: bool = False, launcher
 
         print_plan(plan)
         with RichProgress() as progress:
-            status = train_with(plan, folder, progress.on_event, resume=resume, launcher=launcher)
+            status = train_with(plan, folder, progress.on_event, resume=resume, launcher=launcher, here=here)
         progress.summary()
         return status
-    return train_with(plan, folder, print_json_line, resume=resume, launcher=launcher)
+    return train_with(plan, folder, print_json_line, resume=resume, launcher=launcher, here=here)
 
 
-def train_with(plan: TrainingPlan, folder: Path, listener, *, resume: bool, launcher: list[str] | None) -> int:
+def train_with(plan: TrainingPlan, folder: Path, listener, *, resume: bool, launcher: list[str] | None, here: int | None = None) -> int:
     from engine.runs import RunLock, execute_run, run_launched
 
-    processes = plan.answers.training.processes
+    processes = here or plan.answers.training.processes
     if processes > 1 or launcher:
         return run_launched(folder, [listener], resume=resume, processes=processes, launcher_args=launcher)
     with RunLock(folder):
