@@ -67,7 +67,7 @@ def flop_profile(unet_config: dict[str, Any], vae_config: dict[str, Any], text_c
 
 def model_profile(model: Any, *, resolution: int, lora_dim: int) -> dict[str, float]:
     """`flop_profile` of a loaded model (engine.families.LoadedModel)."""
-    return flop_profile(dict(model.unet.config), dict(model.vae.config), model.text_encoders[0].config.to_dict(),
+    return flop_profile(dict(model.denoiser.config), dict(model.vae.config), model.text_encoders[0].config.to_dict(),
                         resolution=resolution, lora_dim=lora_dim)
 
 

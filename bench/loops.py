@@ -99,15 +99,15 @@ class BareLoop:
         self.autocast_dtype = weight_dtype if weight_dtype != torch.float32 else None
         model = load_base_model(a.model.path)
         model.vae.to(self.device, dtype=torch.float32).requires_grad_(False).eval()
-        model.unet.to(self.device, dtype=weight_dtype)
+        model.denoiser.to(self.device, dtype=weight_dtype)
         for encoder in model.text_encoders:
             encoder.to(self.device, dtype=weight_dtype).eval()
         torch.manual_seed(derive_seed(a.training.seed, "lora-init"))  # the engine's initial LoRA weights
         add_lora(model, dim=a.network.dim, alpha=a.network.effective_alpha, train_text_encoder=False)
         self.params, _ = lora_parameters(model)
         if a.training.gradient_checkpointing:
-            model.unet.enable_gradient_checkpointing()
-        model.unet.train()
+            model.denoiser.enable_gradient_checkpointing()
+        model.denoiser.train()
         self.model = model
         self.optimizer = self._optimizer(a.training.optimizer, a.training.unet_lr)
         self.pixels, self.latents = self._encode_images(trainer)
@@ -185,12 +185,12 @@ class BareLoop:
 
         latents = self.latents[self.cursor : self.cursor + self.batch]
         self.cursor = (self.cursor + self.batch) % len(self.latents)
-        scheduler = self.model.noise_scheduler
+        scheduler = self.model.objective.scheduler
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (self.batch,), device=self.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            prediction = self.model.unet(noisy, timesteps, **self.unet_inputs, return_dict=False)[0]
+            prediction = self.model.denoiser(noisy, timesteps, **self.unet_inputs, return_dict=False)[0]
         loss = F.mse_loss(prediction.float(), noise.float())
         loss.backward()
         self.optimizer.step()
@@ -241,7 +241,7 @@ def lora_gradient_coverage(engine: EngineVariant) -> tuple[int, int]:
     trainer = engine.trainer
     batch = trainer.optimizer_steps(0)[0][0]
     trainer.accelerator.backward(trainer.local_loss(batch))
-    params = [*trainer.unet_params, *trainer.te_params]
+    params = [*trainer.denoiser_params, *trainer.te_params]
     reached = sum(p.grad is not None for p in params)
     trainer.optimizer.zero_grad(set_to_none=True)
     return reached, len(params)

@@ -85,7 +85,7 @@ def measure_training(model: BenchModel, output_dir: Path, effort: Effort) -> dic
     encode_share = paired_ratio(times[VAE_ONLY], engine)
     return {
         "variants": {name: summary(seconds, bare.batch) for name, seconds in times.items()},
-        "unet_parameters_m": sum(p.numel() for n, p in bare.model.unet.named_parameters() if "lora_" not in n) / 1e6,
+        "unet_parameters_m": sum(p.numel() for n, p in bare.model.denoiser.named_parameters() if "lora_" not in n) / 1e6,
         "seconds_per_step": times,
         "engine_over_bare": paired_ratio(engine, floor),
         "engine_over_bare_of_medians": statistics.median(engine) / statistics.median(floor),

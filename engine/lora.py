@@ -110,9 +110,9 @@ def add_lora(model: LoadedModel, *, dim: int, alpha: float, train_text_encoder: 
     The UNet always gets one; each text encoder only when `train_text_encoder`. lora_B starts at zero
     (peft's and kohya's default), so the adapted model starts out identical to the base.
     """
-    for part in (model.unet, model.vae, *model.text_encoders):
+    for part in (model.denoiser, model.vae, *model.text_encoders):
         part.requires_grad_(False)
-    _inject(model.unet, unet_lora_targets(model.unet), dim=dim, alpha=alpha)
+    _inject(model.denoiser, unet_lora_targets(model.denoiser), dim=dim, alpha=alpha)
     if train_text_encoder:
         for text_encoder in model.text_encoders:
             _inject(text_encoder, text_encoder_lora_targets(text_encoder), dim=dim, alpha=alpha)
@@ -160,7 +160,7 @@ def lora_parameters(model: LoadedModel) -> tuple[list[torch.nn.Parameter], list[
     Call it after casting and before building the optimizer. The text-encoder list is empty when
     the text encoders carry no LoRA.
     """
-    unet_weights = _lora_weights(model.unet)
+    unet_weights = _lora_weights(model.denoiser)
     text_weights = [weight for text_encoder in model.text_encoders for weight in _lora_weights(text_encoder)]
     _keep_float32(unet_weights + text_weights)
     return unet_weights, text_weights
@@ -174,7 +174,7 @@ def text_encoder_parameters(model: LoadedModel) -> list[list[torch.nn.Parameter]
 def _named_lora_layers(model: LoadedModel) -> Iterator[tuple[str, Any]]:
     """(kohya stem, LoRA layer) for every adapted layer: UNet first, then each text encoder."""
     family = model.family
-    for path, layer in _lora_layers(model.unet):
+    for path, layer in _lora_layers(model.denoiser):
         yield family.kohya_unet_name(path), layer
     for index, text_encoder in enumerate(model.text_encoders):
         for path, layer in _lora_layers(text_encoder):
@@ -282,7 +282,7 @@ def kohya_metadata(*, model: LoadedModel, answers: Answers, stats: dict[str, Any
 
 
 def _is_v2_v_prediction(model: LoadedModel) -> bool:
-    return model.family.name == "sd2" and model.prediction_type == "v_prediction"
+    return model.family.name == "sd2" and model.objective.prediction_type == "v_prediction"
 
 
 def _base_model_version(model: LoadedModel) -> str:
@@ -303,7 +303,7 @@ def _modelspec(model: LoadedModel, answers: Answers, *, resolution: int, saved_a
         "modelspec.title": answers.output.name,
         "modelspec.resolution": f"{resolution}x{resolution}",
         "modelspec.date": datetime.datetime.fromtimestamp(int(saved_at)).isoformat(),
-        "modelspec.prediction_type": "v" if model.prediction_type == "v_prediction" else "epsilon",
+        "modelspec.prediction_type": "v" if model.objective.prediction_type == "v_prediction" else "epsilon",
         "modelspec.implementation_version": f"lora-wizard/{_own_version()}",
     }
     if answers.training.clip_skip > 1:
@@ -408,7 +408,7 @@ def _and_list(labels: tuple[str, ...]) -> str:
 def lora_parts(model: LoadedModel) -> list[LoraPart]:
     """The UNet and each text encoder, with kohya's stems of all their default targets and their LoRA layers."""
     family = model.family
-    unet_layers = {family.kohya_unet_name(path): layer for path, layer in _lora_layers(model.unet)}
+    unet_layers = {family.kohya_unet_name(path): layer for path, layer in _lora_layers(model.denoiser)}
     parts = [LoraPart("the UNet (`lora_unet_*`)", frozenset(unet_layers), unet_layers)]
     several = len(model.text_encoders) > 1
     for index, text_encoder in enumerate(model.text_encoders):

@@ -83,7 +83,7 @@ def build_scheduler(model: LoadedModel, sampler: str) -> Any:
     spec = SAMPLERS[sampler_key(sampler)]
     scheduler_class = getattr(diffusers, spec.scheduler)
     with _quiet_libraries():  # the training scheduler's extra config keys are reported, not needed
-        return scheduler_class.from_config(model.noise_scheduler.config, **spec.options)
+        return scheduler_class.from_config(model.objective.scheduler.config, **spec.options)
 
 
 # --- kohya's sample prompts --------------------------------------------------------------------------
@@ -329,7 +329,7 @@ class ImageMaker:
         # in its place is taken to be fp16-safe, as training takes it.
         vae_dtype = dtype if vae is not None else torch.float32
         with _quiet_libraries():  # diffusers warns about any dtype cast, even of models with nothing to keep in fp32
-            for module in (model.unet, *model.text_encoders):
+            for module in (model.denoiser, *model.text_encoders):
                 module.to(target, dtype=dtype).eval().requires_grad_(False)
             model.vae.to(target, dtype=vae_dtype).eval().requires_grad_(False)
         return cls(model, clip_skip=clip_skip)
@@ -363,7 +363,7 @@ class ImageMaker:
         from peft.tuners.lora import LoraLayer
 
         expected = _kohya_layer_count(path)
-        parts = (self.model.unet, *self.model.text_encoders)
+        parts = (self.model.denoiser, *self.model.text_encoders)
         loaded = sum(isinstance(m, LoraLayer) and adapter in m.lora_A for part in parts for m in part.modules())
         if expected is not None and loaded < expected:
             self._discard(adapter)
@@ -435,7 +435,7 @@ class ImageMaker:
     def _prompt_embeds(self, prompt: SamplePrompt) -> dict[str, torch.Tensor]:
         """The pipeline's prompt arguments: the context of both prompts, and for SDXL the pooled text
         (the pipeline adds SDXL's size conditioning for an uncropped image of the requested size)."""
-        unet_dtype = _dtype_of(self.model.unet)
+        unet_dtype = _dtype_of(self.model.denoiser)
         positive, negative = self._encode(prompt.prompt), self._encode(prompt.negative)
         embeds = {
             "prompt_embeds": positive["encoder_hidden_states"].to(unet_dtype),
@@ -481,7 +481,7 @@ def _build_pipeline(model: LoadedModel) -> Any:
             vae=model.vae,
             text_encoder=extract_model_from_parallel(model.text_encoders[0]),
             tokenizer=model.tokenizers[0],
-            unet=extract_model_from_parallel(model.unet),
+            unet=extract_model_from_parallel(model.denoiser),
             scheduler=build_scheduler(model, DEFAULT_SAMPLER),
             safety_checker=None,
             feature_extractor=None,
@@ -506,7 +506,7 @@ def _build_sdxl_pipeline(model: LoadedModel) -> Any:
             text_encoder_2=second,
             tokenizer=model.tokenizers[0],
             tokenizer_2=model.tokenizers[1],
-            unet=extract_model_from_parallel(model.unet),
+            unet=extract_model_from_parallel(model.denoiser),
             scheduler=build_scheduler(model, DEFAULT_SAMPLER),
             add_watermarker=False,
         )
@@ -525,7 +525,7 @@ def _device_of(module: Any) -> torch.device:
 @contextlib.contextmanager
 def _eval_mode(model: LoadedModel) -> Iterator[None]:
     """Eval mode for every module while images are made; each module's own train flag restored after."""
-    modules = [m for part in (model.unet, model.vae, *model.text_encoders) for m in part.modules()]
+    modules = [m for part in (model.denoiser, model.vae, *model.text_encoders) for m in part.modules()]
     flags = [m.training for m in modules]
     for module in modules:
         module.training = False

@@ -1,7 +1,8 @@
 """The training loop: DreamBooth-style LoRA training, one readable function.
 
     load the base model -> add LoRA layers -> cache latents (and text conditioning when frozen)
-    -> for each optimizer step: noise the latents, predict, weighted MSE, backward, step
+    -> for each optimizer step: the family's objective noises the latents, the denoiser predicts,
+       weighted loss, backward, step
     -> every few steps read the losses back and report them -> save the LoRA in kohya's format
 
 Everything random is derived from the seed and the sample's global index (engine/seeds.py).
@@ -38,7 +39,7 @@ from engine.events import EventLog
 from engine.families import ImageGeometry
 from engine.parking import captions_cacheable
 from engine.plan import TrainingPlan, check_output_free
-from engine.seeds import derive_seed, epoch_order, generator
+from engine.seeds import derive_seed, epoch_order
 
 if TYPE_CHECKING:
     import torch
@@ -76,14 +77,14 @@ def resolve_precision(requested: str, device_type: str, bf16_supported: bool) ->
     return requested
 
 
-def build_optimizer(answers: Answers, unet_params: list, te_param_lists: list[list], device_type: str):
+def build_optimizer(answers: Answers, denoiser_params: list, te_param_lists: list[list], device_type: str):
     """AdamW (fused on CUDA: one kernel for every LoRA tensor, and no host-device sync under fp16's
     gradient scaler; the LoRA weights are float32 on the device), 8-bit AdamW or Prodigy, with one
     learning rate per part. On the CPU AdamW keeps torch's default implementation."""
     import torch
 
     training = answers.training
-    groups = [{"params": unet_params, "lr": training.unet_lr}]
+    groups = [{"params": denoiser_params, "lr": training.unet_lr}]
     te_rates = [training.text_encoder_lr, training.text_encoder_2_lr or training.text_encoder_lr]
     for params, lr in zip(te_param_lists, te_rates, strict=False):
         if params:
@@ -111,14 +112,6 @@ def build_lr_scheduler(answers: Answers, optimizer, total_steps: int):
     training = answers.training
     name = {"constant": "constant_with_warmup"}.get(training.lr_scheduler, training.lr_scheduler)
     return get_scheduler(name, optimizer, num_warmup_steps=training.warmup_steps, num_training_steps=total_steps)
-
-
-def snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023), as kohya applies them."""
-    alphas_cumprod = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
-    snr = alphas_cumprod / (1.0 - alphas_cumprod)
-    clipped = snr.clamp(max=gamma)
-    return clipped / (snr + 1.0) if prediction_type == "v_prediction" else clipped / snr
 
 
 class Interrupted(Exception):
@@ -232,36 +225,36 @@ class Trainer:
                 self.encode_captions([e.caption for e in self.examples])
         self.parking.park(parked & {"text_encoders"})
 
-        model.unet.to(self.device, dtype=weight_dtype).requires_grad_(False)
+        model.denoiser.to(self.device, dtype=weight_dtype).requires_grad_(False)
         if use_channels_last(self.device, a.training.channels_last):
-            model.unet.to(memory_format=torch.channels_last)  # before the LoRA layers: those stay contiguous
+            model.denoiser.to(memory_format=torch.channels_last)  # before the LoRA layers: those stay contiguous
         # The LoRA's initial (random) down weights come from the global generator: seed it.
         torch.manual_seed(derive_seed(a.training.seed, "lora-init"))
         add_lora(model, dim=a.network.dim, alpha=a.network.effective_alpha, train_text_encoder=a.network.train_text_encoder)
         # What of `[network] init_from` was kept fresh or ignored: the `ready` event's notes say so.
         self.notes = load_lora_file_into(model, a.network.init_from).notes if a.network.init_from else []
-        self.unet_params, self.te_params = lora_parameters(model)
-        for param in (*self.unet_params, *self.te_params):
+        self.denoiser_params, self.te_params = lora_parameters(model)
+        for param in (*self.denoiser_params, *self.te_params):
             param.data = param.data.float()
-        model.unet.train()
+        model.denoiser.train()
         for encoder in model.text_encoders:
             encoder.train(a.network.train_text_encoder)
         if a.training.gradient_checkpointing:
-            model.unet.enable_gradient_checkpointing()
+            model.denoiser.enable_gradient_checkpointing()
             if a.network.train_text_encoder:
                 for encoder in model.text_encoders:
                     encoder.gradient_checkpointing_enable()
 
-        self.optimizer = build_optimizer(a, self.unet_params, text_encoder_parameters(model), device_type)
+        self.optimizer = build_optimizer(a, self.denoiser_params, text_encoder_parameters(model), device_type)
         self.lr_scheduler = build_lr_scheduler(a, self.optimizer, self.plan.total_steps)
         # Parked text encoders stay out of `prepare`: it would move them back to the GPU, and they
         # only run again for sample images, which use the unwrapped model anyway.
         encoders_in_loop = [] if "text_encoders" in self.parking.parked else list(model.text_encoders)
-        model.unet, *prepared_encoders, self.optimizer = self.accelerator.prepare(model.unet, *encoders_in_loop, self.optimizer)
+        model.denoiser, *prepared_encoders, self.optimizer = self.accelerator.prepare(model.denoiser, *encoders_in_loop, self.optimizer)
         if encoders_in_loop:
             model.text_encoders = prepared_encoders
         if a.training.compile:
-            model.unet.compile()  # in place: the module and its parameter names stay as they are
+            model.denoiser.compile()  # in place: the module and its parameter names stay as they are
 
     def cache_all_latents(self) -> None:
         """Encode every image (and its mirror when flipping) once; on a GPU the images are decoded
@@ -387,15 +380,14 @@ class Trainer:
         return self._geometry[path]
 
     def batch_loss(self, batch: list[tuple[int, Example]]) -> torch.Tensor:
-        """Weighted denoising loss of a batch of (global sample index, example)."""
+        """Weighted denoising loss of a batch of (global sample index, example): the family's
+        objective noises the latents and scores the family's prediction."""
         import torch
-        import torch.nn.functional as F
 
         from engine.devices import host_to_device
 
         a = self.answers
         model = self.model
-        scheduler = model.noise_scheduler
         d = a.dataset
         seed = a.training.seed
         # Cached latents are on the CPU, uncached ones on the device. Every copy to the device is
@@ -405,26 +397,12 @@ class Trainer:
             augment_caption(e.caption, seed=seed, index=i, shuffle=d.shuffle_tags, keep_tokens=d.keep_tokens, dropout=d.caption_dropout)
             for i, e in batch
         ]
-        noise = torch.empty_like(latents, device="cpu")
-        timesteps = torch.empty(len(batch), dtype=torch.long)
-        for row, (index, _) in enumerate(batch):
-            sample_rng = generator(a.training.seed, "noise", index)
-            noise[row] = torch.randn(latents.shape[1:], generator=sample_rng)
-            if a.training.noise_offset:
-                offset = torch.randn((latents.shape[1], 1, 1), generator=sample_rng)
-                noise[row] += a.training.noise_offset * offset
-            timesteps[row] = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=sample_rng)
-        noise = host_to_device(noise, self.device)
-        timesteps = host_to_device(timesteps, self.device)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        target = noise if model.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
-
+        noised = model.objective.noised(latents, [i for i, _ in batch], a.training)
         with self.accelerator.autocast():
-            conditioning = self.conditioning(captions)
-            prediction = model.family.predict(model, noisy, timesteps, conditioning, [self.geometry(e.path) for _, e in batch])
-        loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        if a.training.min_snr_gamma:
-            loss = loss * snr_weights(scheduler, timesteps, a.training.min_snr_gamma, model.prediction_type)
+            conditioning = {**self.conditioning(captions), **noised.conditioning}
+            geometry = [self.geometry(e.path) for _, e in batch]
+            prediction = model.family.predict(model, noised.inputs, noised.timesteps, conditioning, geometry)
+        loss = model.objective.loss(prediction, noised)
         weights = host_to_device(torch.tensor([a.dataset.prior_loss_weight if e.is_reg else 1.0 for _, e in batch]), self.device)
         return (loss * weights).mean()
 
@@ -538,13 +516,13 @@ class Trainer:
         group_loss = 0.0
         for i, batch in enumerate(group):
             last = i == len(group) - 1
-            sync = nullcontext() if last or self.accelerator.num_processes == 1 else self.accelerator.no_sync(self.model.unet)
+            sync = nullcontext() if last or self.accelerator.num_processes == 1 else self.accelerator.no_sync(self.model.denoiser)
             with sync:
                 loss = self.local_loss(batch) / len(group)
                 self.accelerator.backward(loss)
             group_loss = group_loss + loss.detach()
         if a.training.max_grad_norm:
-            self.accelerator.clip_grad_norm_([*self.unet_params, *self.te_params], a.training.max_grad_norm)
+            self.accelerator.clip_grad_norm_([*self.denoiser_params, *self.te_params], a.training.max_grad_norm)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -582,12 +560,12 @@ class Trainer:
         from dataclasses import replace
 
         unwrap = self.accelerator.unwrap_model
-        return replace(self.model, unet=unwrap(self.model.unet), text_encoders=[unwrap(e) for e in self.model.text_encoders])
+        return replace(self.model, denoiser=unwrap(self.model.denoiser), text_encoders=[unwrap(e) for e in self.model.text_encoders])
 
     def trainable_state(self) -> dict[str, Any]:
         """The LoRA weights by parameter name (unet.* / te0.*)."""
         named = {}
-        for prefix, module in (("unet", self.model.unet), *((f"te{i}", e) for i, e in enumerate(self.model.text_encoders))):
+        for prefix, module in (("unet", self.model.denoiser), *((f"te{i}", e) for i, e in enumerate(self.model.text_encoders))):
             for name, param in self.accelerator.unwrap_model(module).named_parameters():
                 if param.requires_grad:
                     named[f"{prefix}.{name}"] = param

@@ -1,8 +1,10 @@
 """Model families behind one small interface.
 
-A family knows how to load its models, turn captions into the UNet's conditioning, run the UNet,
-and name LoRA modules the way kohya and the web UIs expect. The training loop only talks to this
-interface, so adding a family (SD 1.x, SD 2.x, SDXL) touches loading and conditioning, not the loop.
+A family knows how to load its models, turn captions into its denoiser's conditioning, run the
+denoiser (a UNet for SD 1.x, 2.x and SDXL), train it (its objective, engine/families/objectives.py:
+noise, timesteps, target, loss weights) and name LoRA modules the way kohya and the web UIs expect.
+The training loop only talks to this interface, so adding a family touches loading, conditioning
+and the objective, not the loop.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+    from engine.families.objectives import TrainingObjective
 
 
 @dataclass(frozen=True)
@@ -29,12 +33,11 @@ class LoadedModel:
     """The components of a base model, ready to train."""
 
     family: ModelFamily
-    unet: Any
+    denoiser: Any  # the network the LoRA trains: a diffusers UNet2DConditionModel for SD 1.x/2.x/SDXL
     vae: Any
     text_encoders: list[Any]
     tokenizers: list[Any]
-    noise_scheduler: Any
-    prediction_type: str  # "epsilon" or "v_prediction"
+    objective: TrainingObjective  # how the denoiser is trained; holds the scheduler and prediction type
     source: Path
     notes: list[str] = field(default_factory=list)  # what loading decided, for the plan printout
 
@@ -63,7 +66,7 @@ class ModelFamily:
         ]
 
     def encode(self, model: LoadedModel, token_ids: list[torch.Tensor], clip_skip: int = 1) -> dict[str, Any]:
-        """The UNet's conditioning for a batch of token ids (keyword arguments of `predict`)."""
+        """The denoiser's conditioning for a batch of token ids (keyword arguments of `predict`)."""
         raise NotImplementedError
 
     def predict(
@@ -74,9 +77,10 @@ class ModelFamily:
         conditioning: dict[str, Any],
         geometry: list[ImageGeometry] | None = None,
     ) -> torch.Tensor:
-        """The UNet's prediction. `conditioning` is what `encode` returned (batch-first tensors);
-        `geometry` says how each image was sized and cropped (SDXL conditions on it)."""
-        return model.unet(noisy_latents, timesteps, **conditioning, return_dict=False)[0]
+        """The denoiser's prediction for `noisy_latents` (in the layout the objective made them).
+        `conditioning` is what `encode` returned (batch-first tensors) plus the objective's extra
+        inputs; `geometry` says how each image was sized and cropped (SDXL conditions on it)."""
+        return model.denoiser(noisy_latents, timesteps, **conditioning, return_dict=False)[0]
 
     def kohya_unet_name(self, module_path: str) -> str:
         """kohya's key stem for a UNet module given its diffusers path (`down_blocks.0...`)."""

@@ -9,6 +9,7 @@ from typing import Any
 from engine.errors import ModelFileError
 from engine.families import LoadedModel, ModelFamily
 from engine.families.diffusers_folder import check_weight_files, read_unet_config, training_scheduler
+from engine.families.objectives import NoisePrediction
 from engine.families.sdxl import SDXL, check_sdxl_folder, is_sdxl_unet_config, load_sdxl_folder
 
 DIFFUSERS_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -115,12 +116,11 @@ def load_diffusers_folder(path: Path, *, prediction: str = "auto") -> LoadedMode
     scheduler, prediction_type, note = training_scheduler(family, scheduler, prediction)
     return LoadedModel(
         family=family,
-        unet=unet,
+        denoiser=unet,
         vae=vae,
         text_encoders=[text_encoder],
         tokenizers=[tokenizer],
-        noise_scheduler=scheduler,
-        prediction_type=prediction_type,
+        objective=NoisePrediction(scheduler, prediction_type),
         source=path,
         notes=[note],
     )

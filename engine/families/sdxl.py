@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import ModelFileError
 from engine.families import ImageGeometry, LoadedModel, ModelFamily
 from engine.families.diffusers_folder import check_weight_files, training_scheduler
+from engine.families.objectives import NoisePrediction
 from engine.families.sgm_names import sdxl_block_table, sgm_module_path
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class StableDiffusionXL(ModelFamily):
         # float32 whatever the training precision: sizes above 2048 are not whole numbers in fp16 (the
         # UNet computes the sinusoid embedding in float32 anyway, as kohya does).
         added = {"text_embeds": text_embeds, "time_ids": host_to_device(time_ids(geometry), text_embeds.device)}
-        return model.unet(
+        return model.denoiser(
             noisy_latents, timesteps, encoder_hidden_states=conditioning["encoder_hidden_states"], added_cond_kwargs=added, return_dict=False
         )[0]
 
@@ -154,12 +155,11 @@ def load_sdxl_folder(path: Path, *, prediction: str = "auto") -> LoadedModel:
     scheduler, prediction_type, note = training_scheduler(SDXL, scheduler, prediction)
     return LoadedModel(
         family=SDXL,
-        unet=unet,
+        denoiser=unet,
         vae=vae,
         text_encoders=[first, second],
         tokenizers=tokenizers,
-        noise_scheduler=scheduler,
-        prediction_type=prediction_type,
+        objective=NoisePrediction(scheduler, prediction_type),
         source=path,
         notes=[note],
     )

@@ -21,6 +21,7 @@ from typing import Any
 
 from engine.errors import ModelFileError
 from engine.families import LoadedModel
+from engine.families.objectives import NoisePrediction
 from engine.families.single_file import (
     UNET_PREFIX,
     Architecture,
@@ -229,12 +230,11 @@ def load_sdxl_single_file(
     prediction_type, reason = sdxl_prediction(path, tensors.keys(), metadata, prediction)
     return LoadedModel(
         family=SDXL,
-        unet=unet,
+        denoiser=unet,
         vae=vae,
         text_encoders=[first, second],
         tokenizers=tokenizers,
-        noise_scheduler=template_scheduler("sdxl", prediction_type),
-        prediction_type=prediction_type,
+        objective=NoisePrediction(template_scheduler("sdxl", prediction_type), prediction_type),
         source=path,
         notes=[
             single_file_note(SDXL.label, path, tensors),

@@ -27,6 +27,7 @@ from typing import Any
 
 from engine.errors import ModelFileError
 from engine.families import LoadedModel, ModelInfo
+from engine.families.objectives import NoisePrediction
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TEMPLATE_FOLDERS = {"sd1": "sd15", "sd2": "sd2", "sdxl": "sdxl"}
@@ -734,12 +735,11 @@ def load_single_file(path: Path, *, prediction: str = "auto", tokenizer_dir: Pat
     notes = [file_note, f"{prediction_type} prediction: {reason}", f"tokenizer from {search.folder}"]
     return LoadedModel(
         family=family,
-        unet=unet,
+        denoiser=unet,
         vae=vae,
         text_encoders=[text_encoder],
         tokenizers=[tokenizer],
-        noise_scheduler=template_scheduler(architecture.family, prediction_type),
-        prediction_type=prediction_type,
+        objective=NoisePrediction(template_scheduler(architecture.family, prediction_type), prediction_type),
         source=path,
         notes=notes,
     )

@@ -99,11 +99,11 @@ def pretrain(model: LoadedModel, latents: torch.Tensor, prompt: str, *, seed: in
     """Plain full fine-tuning of the UNet and the text encoder on (latents, prompt)."""
     import torch.nn.functional as F
 
-    unet, text_encoder = model.unet, model.text_encoders[0]
+    unet, text_encoder = model.denoiser, model.text_encoders[0]
     unet.train().requires_grad_(True)
     text_encoder.train().requires_grad_(True)
     optimizer = torch.optim.AdamW([*unet.parameters(), *text_encoder.parameters()], lr=PRETRAIN_LR)
-    scheduler = model.noise_scheduler
+    scheduler = model.objective.scheduler
     rng = torch.Generator().manual_seed(seed)
     token_ids = model.family.tokenize(model, [prompt] * len(latents))
     for _ in range(PRETRAIN_STEPS):
@@ -124,7 +124,7 @@ def build_base_model(folder: Path, class_paths: list[Path], instance_paths: list
     model = load_base_model(folder)
     calibrate_vae(model.vae, torch.stack([image_tensor(p, (SIZE, SIZE)) for p in (*class_paths, *instance_paths)]))
     pretrain(model, encode_latents(model, class_paths), CLASS_PROMPT, seed=seed)
-    model.unet.save_pretrained(folder / "unet")
+    model.denoiser.save_pretrained(folder / "unet")
     model.vae.save_pretrained(folder / "vae")
     model.text_encoders[0].save_pretrained(folder / "text_encoder")
     return folder
@@ -153,7 +153,7 @@ def train_lora(folder: Path, base: Path, train_dir: Path, reg_dir: Path | None, 
     trainer.run()
     unwrap = trainer.accelerator.unwrap_model
     return dataclasses.replace(
-        trainer.model, unet=unwrap(trainer.model.unet), text_encoders=[unwrap(e) for e in trainer.model.text_encoders]
+        trainer.model, denoiser=unwrap(trainer.model.denoiser), text_encoders=[unwrap(e) for e in trainer.model.text_encoders]
     )
 
 
@@ -173,13 +173,13 @@ def eval_pairs(latent_shape: torch.Size, seed: int) -> tuple[torch.Tensor, torch
 def denoising_loss(model: LoadedModel, latents: torch.Tensor, prompt: str, pairs: tuple[torch.Tensor, torch.Tensor]) -> float:
     """Noise-prediction MSE of `model` with `prompt`, averaged over the images and the fixed pairs."""
     noise, timesteps = pairs
-    model.unet.eval()
+    model.denoiser.eval()
     model.text_encoders[0].eval()
     total = 0.0
     with torch.no_grad():
         conditioning = model.family.encode(model, model.family.tokenize(model, [prompt] * len(noise)))
         for latent in latents:
-            noisy = model.noise_scheduler.add_noise(latent.expand_as(noise), noise, timesteps)
+            noisy = model.objective.scheduler.add_noise(latent.expand_as(noise), noise, timesteps)
             prediction = model.family.predict(model, noisy, timesteps, conditioning)
             total += torch.nn.functional.mse_loss(prediction, noise).item()
     return total / len(latents)

@@ -111,7 +111,7 @@ def placements_during_setup(monkeypatch, answers) -> tuple[list[tuple[str, set[s
 
     def load_followed(*args, **kwargs):
         model = load(*args, **kwargs)
-        for part, module in (("unet", model.unet), ("vae", model.vae), *(("text_encoders", e) for e in model.text_encoders)):
+        for part, module in (("unet", model.denoiser), ("vae", model.vae), *(("text_encoders", e) for e in model.text_encoders)):
             follow_moves(module, part)
             # The VAE's encoder: vae.encode() does not go through the VAE's own forward().
             record_calls(model.vae.encoder if part == "vae" else module, part)
@@ -188,7 +188,7 @@ def test_the_unet_attends_with_pytorchs_scaled_dot_product_attention(unet_only_r
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     trainer, _, _ = unet_only_run
-    processors = trainer.accelerator.unwrap_model(trainer.model.unet).attn_processors
+    processors = trainer.accelerator.unwrap_model(trainer.model.denoiser).attn_processors
     assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors.values())
 
 

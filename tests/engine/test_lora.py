@@ -200,16 +200,16 @@ def test_add_lora_trains_only_float32_lora_weights(tiny_dir):
     model = lora_model(tiny_dir, dim=4)
     unet_weights, text_weights = lora_parameters(model)
     assert len(unet_weights) == 2 * 192 and len(text_weights) == 2 * 12
-    trainable = [p for part in (model.unet, model.vae, *model.text_encoders) for p in part.parameters() if p.requires_grad]
+    trainable = [p for part in (model.denoiser, model.vae, *model.text_encoders) for p in part.parameters() if p.requires_grad]
     assert {id(p) for p in trainable} == {id(p) for p in unet_weights + text_weights}
     assert len(trainable) == len(unet_weights) + len(text_weights)
 
-    model.unet.half()
+    model.denoiser.half()
     model.text_encoders[0].half()
     unet_after, text_after = lora_parameters(model)
     assert [id(p) for p in unet_after + text_after] == [id(p) for p in unet_weights + text_weights]
     assert {p.dtype for p in unet_after + text_after} == {torch.float32}
-    assert model.unet.conv_in.weight.dtype == torch.float16  # the base stays as cast
+    assert model.denoiser.conv_in.weight.dtype == torch.float16  # the base stays as cast
 
 
 def test_add_lora_without_text_encoder(tiny_dir):
@@ -304,7 +304,7 @@ def test_diffusers_loads_the_export_like_the_engine(tiny_dir, tmp_path):
     model = lora_model(tiny_dir, dim=4, alpha=2.0)  # alpha != dim: the scale must carry over
     randomize_lora_weights(model)
     inputs = fixed_inputs(model)
-    engine = outputs(model.unet, model.text_encoders[0], inputs)
+    engine = outputs(model.denoiser, model.text_encoders[0], inputs)
     metadata = kohya_metadata(model=model, answers=answers_for(tiny_dir), stats=run_stats())
     tolerance = {torch.float32: 1e-5, torch.float16: 3e-3}
     for dtype, allowed in tolerance.items():
@@ -346,8 +346,8 @@ def test_init_from_other_alpha_keeps_the_effect(tiny_dir, tmp_path):
     fresh = lora_model(tiny_dir, alpha=8.0)
     load_lora_file_into(fresh, path)
     inputs = fixed_inputs(trained)
-    expected = outputs(trained.unet, trained.text_encoders[0], inputs)
-    actual = outputs(fresh.unet, fresh.text_encoders[0], inputs)
+    expected = outputs(trained.denoiser, trained.text_encoders[0], inputs)
+    actual = outputs(fresh.denoiser, fresh.text_encoders[0], inputs)
     for got, want in zip(actual, expected, strict=True):
         assert relative_difference(got, want) < 1e-5
     assert not torch.equal(lora_parameters(fresh)[0][1], lora_parameters(trained)[0][1])  # up was rescaled

@@ -168,8 +168,8 @@ def test_each_sampler_maps_to_its_diffusers_scheduler_with_the_models_config(mak
     assert schedulers["dpmpp_2m"].config.algorithm_type == "dpmsolver++"
     assert schedulers["dpmpp_2m_karras"].config.use_karras_sigmas
     for scheduler in schedulers.values():
-        assert scheduler.config.beta_schedule == maker.model.noise_scheduler.config.beta_schedule
-        assert scheduler.config.prediction_type == maker.model.prediction_type
+        assert scheduler.config.beta_schedule == maker.model.objective.scheduler.config.beta_schedule
+        assert scheduler.config.prediction_type == maker.model.objective.prediction_type
 
 
 # --- <lora:name:weight> tags ---------------------------------------------------------------------------
@@ -315,14 +315,14 @@ def test_samples_from_the_live_training_model_match_its_saved_lora(tiny_model_di
     import torch
 
     live = random_lora_model(tiny_model_dir, seed=1, text_encoder=True)  # the same weights as usu.safetensors
-    live.unet.train()
+    live.denoiser.train()
     live.text_encoders[0].train()
     rng_before = torch.get_rng_state()
     prompts = [replace(PROMPT, seed=SEED), replace(PROMPT, prompt="a bear", seed=None)]
     paths = sample_images(live, prompts, tmp_path / "samples", name="tiny", step=100, seed=42)
     assert [p.name for p in paths][0] == sample_file_name("tiny", 0, SEED, step=100) == f"tiny_000100_00_{SEED}.png"
     assert paths[1].name.startswith("tiny_000100_01_")
-    assert live.unet.training and live.text_encoders[0].training and live.unet.down_blocks[0].training
+    assert live.denoiser.training and live.text_encoders[0].training and live.denoiser.down_blocks[0].training
     assert torch.equal(torch.get_rng_state(), rng_before)
     from_file = generate(maker, f"{PROMPT.prompt} <lora:usu:1>", PROMPT, [SEED], lora_dir=lora_dir)[0].image
     assert np.abs(pixels(Image.open(paths[0])) - pixels(from_file)).max() <= 1

@@ -199,14 +199,14 @@ def mixed_dataset(tmp_path_factory) -> tuple[Path, Path]:
 def test_tiny_model_has_sdxl_shape(sdxl_dir):
     model = load_base_model(sdxl_dir)
     assert model.family is SDXL and len(model.text_encoders) == 2 and len(model.tokenizers) == 2
-    config = model.unet.config
+    config = model.denoiser.config
     assert config.addition_embed_type == "text_time" and config.use_linear_projection
     assert list(config.down_block_types) == ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
     widths = [encoder.config.hidden_size for encoder in model.text_encoders]
     assert widths[0] != widths[1] and config.cross_attention_dim == sum(widths)
     assert model.tokenizers[1].pad_token == "!" and model.tokenizers[0].pad_token == "<|endoftext|>"
     # Every tiny stem is a real SDXL stem, in the same order: the tiny model has SDXL's names.
-    stems = kohya_module_stems(SDXL, model.unet, model.text_encoders)
+    stems = kohya_module_stems(SDXL, model.denoiser, model.text_encoders)
     reference = checked_in_stems()
     assert [s for s in reference if s in set(stems)] == stems
     info = inspect_base_model(sdxl_dir)
@@ -357,7 +357,7 @@ def diffusers_outputs(model_dir: Path, lora_file: Path) -> tuple[list[torch.Tens
 
 
 def engine_outputs(model: LoadedModel) -> list[torch.Tensor]:
-    return model_outputs(model.unet, *model.text_encoders, model.tokenizers)
+    return model_outputs(model.denoiser, *model.text_encoders, model.tokenizers)
 
 
 def test_diffusers_loads_the_trained_file_like_the_engine(trained, sdxl_dir):
@@ -409,7 +409,7 @@ def test_diffusers_puts_each_sgm_key_on_its_own_layer(sdxl_dir, tmp_path):
 def test_single_file_loads_offline_as_the_folder(sdxl_file, sdxl_dir):
     from_file = load_base_model(sdxl_file)
     from_folder = load_base_model(sdxl_dir)
-    assert from_file.family is SDXL and from_file.prediction_type == "epsilon"
+    assert from_file.family is SDXL and from_file.objective.prediction_type == "epsilon"
     for part in ("unet", "vae"):
         file_config, folder_config = dict(getattr(from_file, part).config), dict(getattr(from_folder, part).config)
         assert {k: v for k, v in file_config.items() if k != "sample_size" and not k.startswith("_")} == {

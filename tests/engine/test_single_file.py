@@ -80,10 +80,10 @@ def token_ids(tokenizer) -> torch.Tensor:
 def assert_matches_reference(model, reference) -> None:
     """Same weights bit for bit, and the same outputs for the same inputs (CPU kernels may differ by
     ~1e-5 with memory alignment, so outputs are compared with a tight tolerance)."""
-    assert_same_weights(model.unet, reference.unet)
+    assert_same_weights(model.denoiser, reference.denoiser)
     assert_same_weights(model.vae, reference.vae)
     assert_same_weights(model.text_encoders[0], reference.text_encoders[0])
-    torch.testing.assert_close(unet_output(model.unet, 32), unet_output(reference.unet, 32), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(unet_output(model.denoiser, 32), unet_output(reference.denoiser, 32), rtol=1e-4, atol=1e-4)
     image = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(model.vae.encode(image).latent_dist.mean, reference.vae.encode(image).latent_dist.mean, rtol=1e-4, atol=1e-4)
@@ -98,9 +98,9 @@ def assert_matches_reference(model, reference) -> None:
 def test_single_file_loads_the_same_model_as_the_diffusers_folder(sd1_files, reference, name):
     model = load_base_model(sd1_files / name)
     assert model.family.name == "sd1"
-    assert model.prediction_type == "epsilon"
-    assert model.noise_scheduler.config.prediction_type == "epsilon"
-    assert model.noise_scheduler.config.beta_schedule == "scaled_linear"
+    assert model.objective.prediction_type == "epsilon"
+    assert model.objective.scheduler.config.prediction_type == "epsilon"
+    assert model.objective.scheduler.config.beta_schedule == "scaled_linear"
     assert any("SD 1.x single file" in note for note in model.notes)
     assert_matches_reference(model, reference)
 
@@ -182,7 +182,7 @@ def test_ckpt_with_a_lightning_callback_loads(sd1_files, reference, tmp_path, mo
         torch.load(checkpoint, weights_only=True)
 
     model = load_base_model(checkpoint, tokenizer=sd1_files / "tokenizer")
-    assert_same_weights(model.unet, reference.unet)
+    assert_same_weights(model.denoiser, reference.denoiser)
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "model.ckpt"])
@@ -250,10 +250,10 @@ def test_sd2_file_is_detected_and_loads_openclip_penultimate_layer(tiny_sd2):
     path, unet, vae, text_encoder = tiny_sd2
     model = load_base_model(path)
     assert model.family.name == "sd2"
-    assert model.unet.config.use_linear_projection
-    assert_same_weights(model.unet, unet)
+    assert model.denoiser.config.use_linear_projection
+    assert_same_weights(model.denoiser, unet)
     assert_same_weights(model.vae, vae)
-    torch.testing.assert_close(unet_output(model.unet, 32), unet_output(unet, 32), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(unet_output(model.denoiser, 32), unet_output(unet, 32), rtol=1e-4, atol=1e-4)
     # SD 2.x conditions on the penultimate OpenCLIP block: the loaded encoder has one block fewer.
     assert model.text_encoders[0].config.num_hidden_layers == text_encoder.config.num_hidden_layers - 1
     ids = token_ids(model.tokenizers[0])
@@ -262,7 +262,7 @@ def test_sd2_file_is_detected_and_loads_openclip_penultimate_layer(tiny_sd2):
         torch.testing.assert_close(model.text_encoders[0](ids).last_hidden_state, text_encoder.final_layer_norm(penultimate), rtol=1e-5, atol=1e-5)
     # Nothing in the file says which prediction type: AUTOMATIC1111's UNet test decides.
     assert "AUTOMATIC1111's UNet test" in model.notes[1]
-    assert model.noise_scheduler.config.prediction_type == model.prediction_type
+    assert model.objective.scheduler.config.prediction_type == model.objective.prediction_type
 
 
 def test_inspect_sd2_leaves_the_prediction_to_loading(tiny_sd2):
@@ -273,8 +273,8 @@ def test_inspect_sd2_leaves_the_prediction_to_loading(tiny_sd2):
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 def test_prediction_from_the_answers_file_overrides(tiny_sd2, prediction):
     model = load_base_model(tiny_sd2[0], prediction=prediction)
-    assert model.prediction_type == prediction
-    assert model.noise_scheduler.config.prediction_type == prediction
+    assert model.objective.prediction_type == prediction
+    assert model.objective.scheduler.config.prediction_type == prediction
     assert "answers file" in model.notes[1]
 
 
@@ -282,7 +282,7 @@ def test_prediction_stated_in_the_file_metadata(tmp_path):
     path, *_ = write_tiny_sd2_single_file(tmp_path / "v.safetensors", metadata={"modelspec.architecture": "stable-diffusion-v2-768-v"})
     assert inspect_base_model(path).prediction == "v_prediction"
     model = load_base_model(path)
-    assert model.prediction_type == "v_prediction"
+    assert model.objective.prediction_type == "v_prediction"
     assert "metadata" in model.notes[1]
 
 

@@ -86,7 +86,7 @@ def test_diffusers_loads_the_lora_and_matches_the_engine(trained, tiny_model_dir
     from diffusers import StableDiffusionPipeline
 
     lora_path, _, trainer = trained
-    engine_unet = trainer.accelerator.unwrap_model(trainer.model.unet).eval()
+    engine_unet = trainer.accelerator.unwrap_model(trainer.model.denoiser).eval()
     engine_text_encoder = trainer.accelerator.unwrap_model(trainer.model.text_encoders[0]).eval()
     pipeline = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None)
     ids, latents, timesteps = model_inputs(pipeline.tokenizer)
@@ -114,7 +114,7 @@ def test_fp16_file_matches_within_fp16_tolerance(trained, tiny_model_dir, tmp_pa
     ids, latents, timesteps = model_inputs(pipeline.tokenizer)
     pipeline.load_lora_weights(str(fp16_path))
     hidden, prediction = outputs(pipeline.unet, pipeline.text_encoder, ids, latents, timesteps)
-    engine_unet = trainer.accelerator.unwrap_model(trainer.model.unet).eval()
+    engine_unet = trainer.accelerator.unwrap_model(trainer.model.denoiser).eval()
     engine_text_encoder = trainer.accelerator.unwrap_model(trainer.model.text_encoders[0]).eval()
     expected_hidden, expected_prediction = outputs(engine_unet, engine_text_encoder, ids, latents, timesteps)
     assert_close(hidden, expected_hidden, rel=5e-3)
