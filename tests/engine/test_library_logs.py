@@ -19,7 +19,7 @@ import sys, torch
 from engine.families import load_base_model
 model = load_base_model(sys.argv[1])
 model.vae.to(dtype=torch.float16)
-model.unet.to(dtype=torch.float16)
+model.denoiser.to(dtype=torch.float16)
 import transformers
 transformers.CLIPImageProcessor  # what diffusers' pipelines name for their safety checker
 """
