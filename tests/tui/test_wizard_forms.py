@@ -240,6 +240,23 @@ async def test_preparing_leaves_out_an_image_the_check_would_refuse(demo, worksp
         assert app.screen.report is not None and app.screen.report.errors == []  # Next is not blocked
 
 
+async def test_the_dataset_check_uses_the_models_resolution_and_groups_repeated_warnings(demo, workspace, tmp_path_factory):
+    app = make_app(tmp_path_factory.mktemp("data"))
+    app.draft.step = "dataset"
+    app.draft.model_family = "sdxl"  # as the Model step leaves it for an SDXL model; no resolution chosen yet
+    app.draft.set("dataset.train_dir", str(demo / "train"))
+    app.draft.set("dataset.reg_dir", str(demo / "reg"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, 0.3)
+        report = app.screen.report
+        assert report.resolution == 1024  # SDXL's, not 512
+        small = [p for p in report.problems if p.code == "image.small"]
+        assert len(small) == 12  # the demo's 64 px images: 4 training, 8 regularization
+        rows = [widget_text(w) for w in app.screen.query("#problems StatusRow .status-text")]
+        about_size = [row for row in rows if "smaller than the training resolution (1024 px)" in row]
+        assert len(about_size) == 1 and "and 11 more files" in about_size[0], rows
+
+
 async def test_next_waits_for_the_dataset_check_and_refuses_errors(demo, workspace, tmp_path_factory):
     broken = workspace / "broken" / "10_usu bear"
     broken.mkdir(parents=True)

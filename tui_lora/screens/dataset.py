@@ -33,12 +33,27 @@ REG_IMAGES_PER_TRAINING_IMAGE = 5
 SETTLE_SECONDS = 0.4
 # Problems listed on the screen at most; `lora-wizard dataset check --json` lists every one.
 MAX_PROBLEMS_SHOWN = 30
+# The same problem in this many files or more is one line (12 small images: one warning).
+GROUP_FROM = 3
 
 
 def suggested_tokens() -> tuple[str, ...]:
     from engine.checks.tokens import SUGGESTED_TOKENS
 
     return SUGGESTED_TOKENS
+
+
+def grouped_problems(problems) -> list[list]:
+    """The problems with one kind (code) in `GROUP_FROM` or more files as one group, in the order
+    each kind is first met; the others alone."""
+    by_code: dict[tuple[str, str], list] = {}
+    for problem in problems:
+        by_code.setdefault((problem.severity, problem.code), []).append(problem)
+    groups: list[list] = []
+    for same in by_code.values():
+        groups += [same] if len(same) >= GROUP_FROM else [[p] for p in same]
+    order = {id(p): i for i, p in enumerate(problems)}
+    return sorted(groups, key=lambda g: order[id(g[0])])
 
 
 class DatasetScreen(WizardScreen):
@@ -228,9 +243,16 @@ class DatasetScreen(WizardScreen):
             self.draft.get("dataset.train_dir"),
             self.draft.get("dataset.reg_dir"),
             self.draft.get("dataset.caption_extension", ".txt"),
-            self.draft.get("dataset.resolution"),
+            self.draft.get("dataset.resolution") or self.model_resolution(),
             self.draft.get("training.batch_size", 1),
         )
+
+    def model_resolution(self) -> int:
+        """The resolution the model trains at unless Parameters says otherwise: its family's."""
+        from engine.checks.costs import FAMILY_COSTS
+
+        family = FAMILY_COSTS.get(self.draft.model_family or "sd1", FAMILY_COSTS["sd1"])
+        return family.resolution
 
     def check_soon(self, *, at_once: bool = False) -> None:
         if self._timer is not None:
@@ -258,7 +280,7 @@ class DatasetScreen(WizardScreen):
             Path(train_dir).expanduser(),
             Path(reg_dir).expanduser() if reg_dir else None,
             caption_extension=caption_extension,
-            resolution=resolution or 512,
+            resolution=resolution,
             batch_size=batch_size,
         )
         self.app.call_from_thread(self.show_report, report, key)
@@ -277,10 +299,11 @@ class DatasetScreen(WizardScreen):
             return
         status.update(t("dataset.check_summary", errors=len(report.errors), warnings=len(report.warnings), steps=report.steps_per_epoch))
         concepts.mount_all([Static(self.concept_line(c), classes="concept", markup=False) for c in report.concepts])
-        shown = report.problems[:MAX_PROBLEMS_SHOWN]
-        rows = [StatusRow(p.severity, shown_path(p.path), p.message, p.fix) for p in shown]
-        if len(report.problems) > len(shown):
-            rows.append(Static(t("dataset.more_problems", count=len(report.problems) - len(shown)), classes="help", markup=False))
+        groups = grouped_problems(report.problems)
+        shown = groups[:MAX_PROBLEMS_SHOWN]
+        rows = [self.problem_row(group) for group in shown]
+        if len(groups) > len(shown):
+            rows.append(Static(t("dataset.more_problems", count=sum(len(g) for g in groups[len(shown):])), classes="help", markup=False))
         problems.mount_all(rows)
         train_images = sum(c.images for c in report.train_concepts)
         self.query_one("#reg-generate-help", Static).update(t("dataset.reg_generate_later", count=REG_IMAGES_PER_TRAINING_IMAGE * train_images))
@@ -288,6 +311,14 @@ class DatasetScreen(WizardScreen):
         if self.go_on_when_checked:
             self.go_on_when_checked = False
             self.action_next()
+
+    def problem_row(self, group: list) -> StatusRow:
+        """One problem, or one line for the same problem in several files (the first one named)."""
+        first = group[0]
+        where = shown_path(first.path)
+        if len(group) > 1:
+            where = t("dataset.and_more_files", path=where, count=len(group) - 1)
+        return StatusRow(first.severity, where, first.message, first.fix)
 
     def concept_line(self, concept) -> str:
         kind = t("dataset.kind.reg") if concept.is_reg else t("dataset.kind.train")
