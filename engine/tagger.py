@@ -209,12 +209,24 @@ class Tagger:
     source: str
 
     @classmethod
-    def load(cls, spec: str | Path = DEFAULT_TAGGER, *, device: Device = "auto", cache_dir: Path | None = None, progress: type | None = None) -> Tagger:
+    def load(
+        cls,
+        spec: str | Path = DEFAULT_TAGGER,
+        *,
+        device: Device = "auto",
+        cache_dir: Path | None = None,
+        progress: type | None = None,
+        threads: int | None = None,
+    ) -> Tagger:
+        """`threads`: onnxruntime's threads for one model call (default: one per core)."""
         ort = import_onnxruntime()
         model, tags = locate_model(spec, cache_dir=cache_dir, progress=progress)
         vocabulary = read_vocabulary(tags)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
         try:
-            session = ort.InferenceSession(str(model), providers=providers_for(device, ort.get_available_providers()))
+            session = ort.InferenceSession(str(model), options, providers=providers_for(device, ort.get_available_providers()))
         except TaggerError:
             raise
         except Exception as exc:  # onnxruntime raises its own exception types for a damaged file

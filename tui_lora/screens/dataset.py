@@ -22,6 +22,7 @@ from textual.widgets import Button, Input, RadioButton, RadioSet, Static
 
 from tui_lora.i18n import t
 from tui_lora.screens.base import WizardScreen
+from tui_lora.widgets.captions_section import CaptionsSection
 from tui_lora.widgets.form import FormRow
 from tui_lora.widgets.path_input import PathInput
 from tui_lora.widgets.path_picker import PathPicker, starting_folder
@@ -133,10 +134,29 @@ class DatasetScreen(WizardScreen):
         yield Static("", id="check-status", classes="help", markup=False)
         yield Vertical(id="concepts")
         yield Vertical(id="problems")
+        yield CaptionsSection(id="captions-section")
 
     def on_mount(self) -> None:
         self.show_mode(self.draft.choices.get("dataset_mode", "existing"))
+        self.show_style(self.query_one(CaptionsSection).style)
         self.check_soon(at_once=True)
+        # Focusing the first field centres it, which scrolls a long body past the intro.
+        self.call_after_refresh(self.query_one("#body").scroll_home, animate=False)
+
+    def show_style(self, style: str) -> None:
+        """Fine-tune style trains without regularization: its fields are hidden."""
+        for widget in (self.query_one("#row-reg-dir"), self.query_one("#reg-generate").parent, self.query_one("#reg-generate-help")):
+            widget.display = style != "finetune"
+
+    @on(CaptionsSection.StyleChanged)
+    def style_changed(self, event: CaptionsSection.StyleChanged) -> None:
+        if event.style == "finetune":
+            self.query_one("#reg-dir", Input).value = ""
+        self.show_style(event.style)
+
+    @on(CaptionsSection.Edited)
+    def captions_edited(self) -> None:
+        self.check_soon(at_once=True)  # the check reads the caption files as they are now
 
     def show_mode(self, mode: str) -> None:
         self.query_one("#existing").display = mode == "existing"
@@ -294,6 +314,7 @@ class DatasetScreen(WizardScreen):
         problems = self.query_one("#problems", Vertical)
         concepts.remove_children()
         problems.remove_children()
+        self.query_one(CaptionsSection).show_summary(report)
         if report is None:
             status.update(t("dataset.no_root"))
             return
