@@ -12,7 +12,7 @@ from PIL import Image
 from engine.autotag import TagOptions, tag_folder
 from engine.caption_files import CaptionSet, read_tags
 from engine.errors import UserError
-from engine.tagger import DEFAULT_TAGGER, Tagger, TaggerError, locate_model
+from engine.tagger import DEFAULT_TAGGER, Tagger, TaggerError, locate_model, providers_for
 from engine.tiny_tagger import build_tiny_tagger
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
@@ -130,6 +130,15 @@ def test_bad_tagger_folders_and_missing_onnxruntime_are_user_errors(tmp_path, ti
     with pytest.raises(TaggerError, match="onnxruntime is not installed") as missing:
         Tagger.load(tiny_tagger_dir)
     assert "lora-wizard[captions]" in missing.value.render()
+
+
+def test_the_cuda_provider_is_used_when_there_and_asked_for_by_name_only_when_there():
+    assert providers_for("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert providers_for("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == "CUDAExecutionProvider"
+    assert providers_for("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    with pytest.raises(TaggerError, match="no CUDA provider") as refused:
+        providers_for("cuda", ["CPUExecutionProvider"])
+    assert "onnxruntime-gpu" in refused.value.render()
 
 
 def test_caption_edits_are_written_and_bulk_remove_and_replace_touch_every_file(tmp_path):

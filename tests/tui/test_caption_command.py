@@ -36,6 +36,7 @@ def test_the_command_writes_captions_with_thresholds_first_and_dropped_tags(tmp_
     out = capsys.readouterr().out
     assert status == 0
     assert "448 px input" in out and "2 caption files written (.txt)" in out
+    assert f"Next: lora-wizard dataset check {train} --caption-extension .txt" in out
     assert read_tags(folder / "red.png", ".txt") == ["usu", "bear", "usu (character)", "red hair", "outdoors"]
     assert read_tags(folder / "blue.jpg", ".txt") == ["usu", "bear", "usu (character)", "blue sky", "outdoors"]
 
@@ -71,6 +72,16 @@ def test_a_broken_image_is_named_and_the_others_are_tagged(tmp_path, tagger_dir,
     assert "2 caption files written" in out and "Traceback" not in err
 
 
+def test_a_flat_folder_is_tagged_and_the_next_step_is_to_lay_it_out(tmp_path, tagger_dir, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 64), (10, 250, 10)).save(photos / "g.webp")
+    assert main(["dataset", "caption", str(photos), "--model", str(tagger_dir), "--first", "sks, dog", "--caption-extension", ".caption"]) == 0
+    out = capsys.readouterr().out
+    assert read_tags(photos / "g.webp", ".caption") == ["sks", "dog", "^_^", "solo", "outdoors"]
+    assert f"Next: lora-wizard dataset prepare {photos} --token TOKEN --class CLASS --out TRAIN_ROOT --caption-extension .caption" in out
+
+
 def test_offline_without_the_model_it_says_what_to_download_and_where(tmp_path, monkeypatch, capsys):
     from huggingface_hub import constants
 
@@ -83,3 +94,13 @@ def test_offline_without_the_model_it_says_what_to_download_and_where(tmp_path, 
     assert f"https://huggingface.co/{DEFAULT_TAGGER}/resolve/main/model.onnx" in err
     assert "--model DIR" in err and "Traceback" not in err
     assert not list(train.glob("*/*.txt"))
+
+
+def test_the_download_bar_reports_bytes_instead_of_drawing():
+    from tui_lora.screens.captions import download_bar
+
+    reports = []
+    with download_bar(lambda done, total: reports.append((done, total)))(total=300, desc="model.onnx") as bar:
+        bar.update(100)
+        bar.update(200)
+    assert reports == [(100, 300), (300, 300)]

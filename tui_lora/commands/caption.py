@@ -111,5 +111,16 @@ def run_caption(args: argparse.Namespace) -> int:
         print(f"  skipped: {error.render()}", file=sys.stderr)
     if extension != ".caption":
         print(f"Training reads them with [dataset] caption_extension = \"{extension}\" (kohya's own default is .caption).")
-    print(f"Next: lora-wizard dataset check {folder} --caption-extension {extension}")
+    print(f"Next: {next_command(folder, extension)}")
     return 2 if result.failed else 0
+
+
+def next_command(folder: Path, extension: str) -> str:
+    """Check a training root (or a concept folder's root); lay out a flat folder first."""
+    from engine.dataset import parse_concept_name
+
+    if parse_concept_name(folder.name):
+        folder = folder.parent
+    elif not any(parse_concept_name(p.name) for p in folder.iterdir() if p.is_dir()):
+        return f"lora-wizard dataset prepare {folder} --token TOKEN --class CLASS --out TRAIN_ROOT --caption-extension {extension}"
+    return f"lora-wizard dataset check {folder} --caption-extension {extension}"

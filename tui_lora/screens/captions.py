@@ -84,7 +84,7 @@ class CaptionsScreen(Screen[None]):
     ]
     DEFAULT_CSS = """
     CaptionsScreen #captions-body { height: 1fr; }
-    CaptionsScreen #review { height: 24; }
+    CaptionsScreen #review { height: 85vh; min-height: 12; }
     CaptionsScreen #caption-images { width: 1fr; height: 100%; }
     CaptionsScreen #caption-editor { width: 2fr; height: 100%; }
     CaptionsScreen #caption-frequency { width: 1fr; height: 100%; }
@@ -310,7 +310,8 @@ class CaptionsScreen(Screen[None]):
     def image_line(self, path: Path) -> Text:
         from engine.caption_files import join_tags
 
-        line = Text(f"{path.parent.name}/{path.name}" if path.parent != self.folder else path.name, style="bold")
+        one_folder = len({image.parent for image in self.captions.images}) == 1
+        line = Text(path.name if one_folder else f"{path.parent.name}/{path.name}", style="bold")
         tags = self.captions.tags.get(path)
         line.append("\n  " + (join_tags(tags) if tags else t("captions.no_caption")), style="" if tags else "dim italic")
         return line
