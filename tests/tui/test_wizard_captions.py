@@ -59,6 +59,7 @@ async def open_captions(pilot) -> None:
 async def test_the_captions_step_tags_with_thresholds_first_and_dropped_tags_and_keeps_captions(workspace, tagger_dir, tmp_path_factory):
     folder = concept(workspace)
     (folder / "b.txt").write_text("my own caption\n", encoding="utf-8")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     app = app_on_dataset(tmp_path_factory.mktemp("data"))
     async with app.run_test(size=SIZE) as pilot:
         await open_captions(pilot)
@@ -74,7 +75,8 @@ async def test_the_captions_step_tags_with_thresholds_first_and_dropped_tags_and
         assert read_tags(folder / "c.png", ".txt") == ["usu", "bear", "usu (character)", "^_^", "solo"]
         assert (folder / "b.txt").read_text(encoding="utf-8") == "my own caption\n"  # kept: not asked
         status = str(app.screen.query_one("#tag-status").render())
-        assert "2 caption files written (.txt) for 3 images; 1 existing captions kept" in status
+        assert "2 caption files written (.txt) for 4 images; 1 existing captions kept" in status
+        assert "Skipped: train/10_usu bear/broken.png: the image cannot be decoded" in status  # named; the rest tagged
 
         # Asked: replace, with a higher general threshold and .caption files (the answers follow).
         await tab_to(pilot, "existing")
@@ -92,6 +94,7 @@ async def test_the_captions_step_tags_with_thresholds_first_and_dropped_tags_and
         await settle(pilot, 0.2)
         assert app.screen.name == "dataset"
         assert [c.captions for c in app.screen.report.train_concepts] == [3]  # the check reads .caption now
+        assert [p.path.name for p in app.screen.report.errors] == ["broken.png"]
 
 
 async def test_captions_are_edited_by_keyboard_and_bulk_edits_reach_every_file(workspace, tmp_path_factory):
