@@ -410,7 +410,7 @@ def test_single_file_loads_offline_as_the_folder(sdxl_file, sdxl_dir):
     from_file = load_base_model(sdxl_file)
     from_folder = load_base_model(sdxl_dir)
     assert from_file.family is SDXL and from_file.objective.prediction_type == "epsilon"
-    for part in ("unet", "vae"):
+    for part in ("denoiser", "vae"):
         file_config, folder_config = dict(getattr(from_file, part).config), dict(getattr(from_folder, part).config)
         assert {k: v for k, v in file_config.items() if k != "sample_size" and not k.startswith("_")} == {
             k: v for k, v in folder_config.items() if k != "sample_size" and not k.startswith("_")
