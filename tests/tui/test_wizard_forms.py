@@ -19,7 +19,7 @@ from wizard_support import (  # noqa: F401
 )
 
 from engine.config import load_answers
-from tui_lora.widgets.path_input import complete_path
+from tui_lora.widgets.path_input import Completion, complete_path, path_completion
 
 pytestmark = pytest.mark.anyio
 
@@ -162,11 +162,30 @@ def test_path_completion(tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "model.safetensors").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("")
-    assert complete_path(str(tmp_path / "mod")) == str(tmp_path / "model.safetensors")
+    # As far as the matches agree: `model` (a file and a folder), then each in full.
+    assert complete_path(str(tmp_path / "mod")) == str(tmp_path / "model")
+    assert path_completion(str(tmp_path / "model")).candidates == ("model.safetensors", "models/")
+    assert complete_path(str(tmp_path / "model.")) == str(tmp_path / "model.safetensors")
     assert complete_path(str(tmp_path / "mod"), suffixes=(".ckpt",)) == str(tmp_path / "models") + "/"
     assert complete_path(str(tmp_path / "no"), folders_only=True) is None
+    assert complete_path(str(tmp_path / "no")) == str(tmp_path / "notes.txt")
     assert complete_path(str(tmp_path) + "/") is None  # after a separator Tab moves on
-    assert complete_path("mod", cwd=tmp_path) == "model.safetensors"
+    assert complete_path("mod", cwd=tmp_path) == "model"
+
+
+def test_path_completion_never_goes_past_a_folder_typed_in_full(tmp_path):
+    """Issue 20 item 1: `photos` beside `photos_bad` stays `photos` (both are listed);
+    `tc/abc` beside `tc/abc_more` stays `tc/abc`."""
+    for folder in ("photos", "photos_bad", "tc/abc", "tc/abc_more"):
+        (tmp_path / folder).mkdir(parents=True)
+    photos = path_completion("photos", folders_only=True, cwd=tmp_path)
+    assert photos.value is None and photos.candidates == ("photos/", "photos_bad/")
+    nested = path_completion(str(tmp_path / "tc" / "abc"), folders_only=True)
+    assert nested.value is None and nested.candidates == ("abc/", "abc_more/")
+    assert complete_path("photos_", folders_only=True, cwd=tmp_path) == "photos_bad/"
+    assert complete_path("tc/abc_", cwd=tmp_path) == "tc/abc_more/"
+    (tmp_path / "photos_bad").rmdir()
+    assert path_completion("photos", cwd=tmp_path) == Completion(None)  # typed in full, alone: Tab moves on
 
 
 async def test_the_path_picker_chooses_a_folder_by_keys(demo, workspace, tmp_path_factory):
@@ -273,3 +292,21 @@ async def test_next_waits_for_the_dataset_check_and_refuses_errors(demo, workspa
         text = shown(app)
         assert "1 errors" in text and "broken/10_usu bear/a.png" in text  # the file is named
         assert "The check found 1 errors" in text
+
+
+async def test_switches_read_their_state_as_text(demo, workspace, tmp_path_factory):
+    """Issue 20 item 2: on/off fields say `[x] on` or `[ ] off` in words, not by the colour of
+    an X that is drawn either way."""
+    app = app_at("parameters", demo, tmp_path_factory.mktemp("data"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        for key, label in (("training.gradient_checkpointing", "Gradient checkpointing"), ("output.tensorboard", "TensorBoard logs")):
+            switch = app.screen.query_one("#field-" + key.replace(".", "-"))
+            switch.focus()  # scrolls it into view
+            await settle(pilot)
+            before = switch.value
+            assert f"{label} {'[x] on' if before else '[ ] off'}" in shown(app)
+            await pilot.press("space")
+            await settle(pilot)
+            assert app.draft.get(key) is (not before)
+            assert f"{label} {'[ ] off' if before else '[x] on'}" in shown(app)

@@ -74,3 +74,17 @@ def test_screen(snap_compare, demo, tmp_path, monkeypatch, step, theme):
 def test_screen_in_japanese(snap_compare, demo, tmp_path, monkeypatch, step):
     monkeypatch.setenv("LANG", "ja_JP.UTF-8")
     assert snap_compare(wizard_at(step, THEMES[0], demo, tmp_path, monkeypatch), terminal_size=(80, 24), run_before=steady)
+
+
+@pytest.mark.parametrize("theme", THEMES)
+def test_switches_say_on_and_off(snap_compare, demo, tmp_path, monkeypatch, theme):
+    """Parameters scrolled to its on/off fields (gradient checkpointing on, TensorBoard off)."""
+
+    async def at_the_switches(pilot) -> None:
+        await steady(pilot)
+        pilot.app.screen.query_one("#field-output-tensorboard").focus()
+        await pilot.pause()
+
+    app = wizard_at("parameters", theme, demo, tmp_path, monkeypatch)
+    app.draft.set("training.gradient_checkpointing", True)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=at_the_switches)

@@ -23,6 +23,7 @@ from tui_lora.fields import PARAMETER_GROUPS, FieldSpec, accept, shown_value
 from tui_lora.i18n import has_message, t
 from tui_lora.screens.base import WizardScreen
 from tui_lora.widgets.form import FormRow
+from tui_lora.widgets.on_off import OnOff
 from tui_lora.widgets.path_input import PathInput
 
 SPECS = {spec.key: spec for group in PARAMETER_GROUPS.values() for spec in group}
@@ -87,7 +88,7 @@ class ParametersScreen(WizardScreen):
             options = [(choice_label(spec, choice), choice) for choice in spec.choices]
             return Select(options, value=value if value in spec.choices else spec.choices[0], allow_blank=False, compact=True, id=control_id(spec.key))
         if spec.kind == "bool":
-            return Checkbox(t("common.enabled"), bool(value), compact=True, id=control_id(spec.key))
+            return OnOff(bool(value), compact=True, id=control_id(spec.key))
         if spec.kind == "path":
             return PathInput(shown_value(value), folders_only=True, id=control_id(spec.key))
         return Input(shown_value(value), compact=True, id=control_id(spec.key), placeholder=t("parameters.empty_default") if spec.optional else "")

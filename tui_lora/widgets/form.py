@@ -15,6 +15,8 @@ class FormRow(Vertical):
         self.label = label
         self.controls = controls
         self.help = help
+        self.error: str | None = None
+        self.note: str | None = None  # shown for a moment in place of the help or the error
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="row"):
@@ -28,13 +30,21 @@ class FormRow(Vertical):
 
     def show_error(self, error: str | None) -> None:
         """Show why the value was not accepted (None: the help again)."""
+        self.error = error
         self.set_class(error is not None, "invalid")
-        self.message.update(error if error is not None else self.help)
+        self.show_message()
 
     def show_help(self, help: str) -> None:
         self.help = help
-        if not self.has_class("invalid"):
-            self.message.update(help)
+        self.show_message()
+
+    def show_note(self, note: str | None) -> None:
+        """A line about the field (the candidates of a path completion) until None clears it."""
+        self.note = note
+        self.show_message()
+
+    def show_message(self) -> None:
+        self.message.update(next(text for text in (self.note, self.error, self.help) if text is not None))
 
     @property
     def has_error(self) -> bool:
