@@ -14,6 +14,7 @@ command line runs it as `lora-wizard` subcommands in this terminal (tui_lora/fol
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from textual.app import App, SystemCommand
+from textual.await_complete import AwaitComplete
 from textual.binding import Binding
 from textual.command import CommandPalette
 from textual.screen import Screen
@@ -126,28 +128,42 @@ class WizardApp(App[FollowUp | None]):
     def make_screen(self, step: str) -> Screen:
         return SCREENS.get(step, HomeScreen)()
 
-    def go_to(self, step: str) -> None:
+    def go_to(self, step: str) -> AwaitComplete:
         self.draft.step = step
         if step in STEPS:
             self.draft.last_step = step
         self.flush_draft()
-        self.switch_screen(self.make_screen(step))
+        return self.show(self.make_screen(step))
 
-    def go_next(self, current: str) -> None:
+    def go_next(self, current: str) -> AwaitComplete:
         index = STEPS.index(current)
-        if index + 1 < len(STEPS):
-            self.go_to(STEPS[index + 1])
+        return self.go_to(STEPS[index + 1]) if index + 1 < len(STEPS) else AwaitComplete.nothing()
 
-    def go_back(self, current: str) -> None:
+    def go_back(self, current: str) -> AwaitComplete:
         index = STEPS.index(current) if current in STEPS else 0
-        self.go_to(STEPS[index - 1] if index > 0 else HOME)
+        return self.go_to(STEPS[index - 1] if index > 0 else HOME)
+
+    def show(self, screen: Screen) -> AwaitComplete:
+        """Make `screen` the one shown; awaited, until it is built and has the focus.
+
+        A key's action that awaits this holds the app's keys meanwhile: each key a fast typist
+        sends goes to the screen it was meant for, in order, and none to the screen being left."""
+        switched = self.switch_screen(screen)
+
+        async def shown() -> None:
+            await switched
+            drawn = asyncio.Event()
+            screen.call_after_refresh(drawn.set)  # after its mount, resume and auto focus
+            await drawn.wait()
+
+        return AwaitComplete(shown())
 
     def has_draft_in_progress(self) -> bool:
         return self.draft.last_step is not None
 
-    def new_lora(self) -> None:
+    def new_lora(self) -> AwaitComplete:
         self.draft = Draft()
-        self.go_to(STEPS[0])
+        return self.go_to(STEPS[0])
 
     def open_run_answers(self, run_folder: Path) -> None:
         """A new LoRA starting from a run's answers (its name must change, or overwrite be set)."""
@@ -173,8 +189,8 @@ class WizardApp(App[FollowUp | None]):
 
     # ----------------------------------------------------------------------------- runs
 
-    def open_dashboard(self, run_folder: Path) -> None:
-        self.switch_screen(DashboardScreen(run_folder, **self.dashboard_options))
+    def open_dashboard(self, run_folder: Path) -> AwaitComplete:
+        return self.show(DashboardScreen(run_folder, **self.dashboard_options))
 
     def leave_dashboard(self, run_folder: Path, *, still_running: bool) -> None:
         """Leaving never stops training: it says so, and how to come back."""

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Static
+from textual.widgets import Button, Footer, Input, Static
 
 from tui_lora.draft import STEPS, Draft
 from tui_lora.i18n import t
@@ -33,6 +34,7 @@ class WizardScreen(Screen):
     def __init__(self) -> None:
         super().__init__(name=self.STEP)
         translate_bindings(self)
+        self.landing, self.AUTO_FOCUS = self.AUTO_FOCUS, ""  # focused by on_mount instead
 
     @property
     def is_last_step(self) -> bool:
@@ -53,6 +55,21 @@ class WizardScreen(Screen):
                 yield Button(t("nav.next"), id="next", variant="primary", compact=True)
         yield Footer()
 
+    def on_mount(self) -> None:
+        # Landing on a step (reopening a draft) focuses its first field with the cursor after
+        # the text, nothing selected: the next key must not replace a path. (Textual's
+        # AUTO_FOCUS would select it; Tab into a field still does, to type over it.)
+        for widget in self.query(self.landing or "#none"):
+            if widget.focusable:
+                if isinstance(widget, Input):
+                    widget.select_on_focus = False
+                widget.focus()
+                break
+
+    @on(Input.Blurred)
+    def selects_on_focus_again(self, event: Input.Blurred) -> None:
+        event.input.select_on_focus = True
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # The last step has no Next: Save or Start instead.
         return not (action == "next" and self.is_last_step)
@@ -69,22 +86,28 @@ class WizardScreen(Screen):
         error.update(message or "")
         error.set_class(bool(message), "visible")
 
+    async def settle_checks(self) -> None:
+        """Wait for the step's checks of what is typed now (a step with checks in a worker)."""
+
     def ready_to_leave(self) -> bool:
-        """Whether Next may go on; when not, the reason is on the screen."""
+        """Whether Next may go on (the checks have settled); when not, the reason is on the screen."""
         return True
 
-    def on_button_pressed(self, event: Button.Pressed) -> None:
+    async def on_button_pressed(self, event: Button.Pressed) -> None:
+        # Textual calls this after a step's own on_button_pressed (each class's handler runs).
         if event.button.id == "next":
             event.stop()
-            self.action_next()
+            await self.action_next()
         elif event.button.id == "back":
             event.stop()
-            self.action_back()
+            await self.action_back()
 
-    def action_next(self) -> None:
-        if self.ready_to_leave():
+    async def action_next(self) -> None:
+        # Awaited to the end, the next step shown: the keys pressed meanwhile wait for it.
+        await self.settle_checks()
+        if self.is_current and self.ready_to_leave():
             self.show_screen_error(None)
-            self.app.go_next(self.STEP)
+            await self.app.go_next(self.STEP)
 
-    def action_back(self) -> None:
-        self.app.go_back(self.STEP)
+    async def action_back(self) -> None:
+        await self.app.go_back(self.STEP)

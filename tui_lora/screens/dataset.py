@@ -26,6 +26,7 @@ from tui_lora.widgets.captions_section import CaptionsSection
 from tui_lora.widgets.form import FormRow
 from tui_lora.widgets.path_input import PathInput
 from tui_lora.widgets.path_picker import PathPicker, starting_folder
+from tui_lora.widgets.settled_check import SettledCheck
 from tui_lora.widgets.status_rows import StatusRow, shown_path
 
 MODES = ("existing", "prepare")
@@ -57,6 +58,23 @@ def grouped_problems(problems) -> list[list]:
     return sorted(groups, key=lambda g: order[id(g[0])])
 
 
+def check_folders(key: tuple):
+    """The engine's pre-flight check of (training root, regularization root, caption extension,
+    resolution, batch size); None without a training root."""
+    from engine.checks.dataset import check_dataset
+
+    train_dir, reg_dir, caption_extension, resolution, batch_size = key
+    if not train_dir:
+        return None
+    return check_dataset(
+        Path(train_dir).expanduser(),
+        Path(reg_dir).expanduser() if reg_dir else None,
+        caption_extension=caption_extension,
+        resolution=resolution,
+        batch_size=batch_size,
+    )
+
+
 class DatasetScreen(WizardScreen):
     STEP = "dataset"
     BODY_FOCUSABLE = True
@@ -69,9 +87,8 @@ class DatasetScreen(WizardScreen):
     def __init__(self) -> None:
         super().__init__()
         self.report = None  # engine DatasetReport of the folders shown
-        self.report_for: tuple | None = None
-        self.go_on_when_checked = False
-        self._timer = None
+        self.check = SettledCheck(self, "dataset", key=self.check_key, run=check_folders, show=self.show_report,
+                                  started=self.show_checking, delay=SETTLE_SECONDS)
 
     # ----------------------------------------------------------------------------- layout
 
@@ -139,7 +156,7 @@ class DatasetScreen(WizardScreen):
     def on_mount(self) -> None:
         self.show_mode(self.draft.choices.get("dataset_mode", "existing"))
         self.show_style(self.query_one(CaptionsSection).style)
-        self.check_soon(at_once=True)
+        self.check.now()
         # Focusing the first field centres it, which scrolls a long body past the intro.
         self.call_after_refresh(self.query_one("#body").scroll_home, animate=False)
 
@@ -156,7 +173,7 @@ class DatasetScreen(WizardScreen):
 
     @on(CaptionsSection.Edited)
     def captions_edited(self) -> None:
-        self.check_soon(at_once=True)  # the check reads the caption files as they are now
+        self.check.now(again=True)  # the check reads the caption files as they are now
 
     def show_mode(self, mode: str) -> None:
         self.query_one("#existing").display = mode == "existing"
@@ -178,7 +195,7 @@ class DatasetScreen(WizardScreen):
         if value != self.draft.get(key):
             self.draft.set(key, value)
             self.changed()
-            self.check_soon()
+            self.check.soon()
 
     @on(Input.Changed, "#images-dir, #token, #class-word, #repeats, #prepare-out")
     def prepare_field_changed(self, event: Input.Changed) -> None:
@@ -210,8 +227,6 @@ class DatasetScreen(WizardScreen):
         elif button == "prepare-button":
             event.stop()
             self.start_prepare()
-        else:
-            super().on_button_pressed(event)
 
     def start_prepare(self) -> None:
         choices = self.draft.choices
@@ -254,7 +269,7 @@ class DatasetScreen(WizardScreen):
         self.query_one("#train-dir", Input).value = out
         self.draft.set("dataset.train_dir", out)
         self.query_one("#mode-existing", RadioButton).value = True
-        self.check_soon(at_once=True)
+        self.check.now(again=True)  # the folder may have been there before, with other images
 
     # ----------------------------------------------------------------------------- the check
 
@@ -274,41 +289,15 @@ class DatasetScreen(WizardScreen):
         family = FAMILY_COSTS.get(self.draft.model_family or "sd1", FAMILY_COSTS["sd1"])
         return family.resolution
 
-    def check_soon(self, *, at_once: bool = False) -> None:
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer = None
-        if at_once:
-            self.call_after_refresh(self.action_check)
-        else:
-            self._timer = self.set_timer(SETTLE_SECONDS, self.action_check)
-
     def action_check(self) -> None:
-        key = self.check_key()
-        if not key[0]:
-            self.show_report(None, key)
-            return
-        self.query_one("#check-status", Static).update(t("dataset.checking"))
-        self.run_check(key)
+        self.check.now(again=True)
 
-    @work(thread=True, exclusive=True, group="dataset-check", exit_on_error=False)
-    def run_check(self, key: tuple) -> None:
-        from engine.checks.dataset import check_dataset
+    def show_checking(self, key: tuple) -> None:
+        if key[0]:
+            self.query_one("#check-status", Static).update(t("dataset.checking"))
 
-        train_dir, reg_dir, caption_extension, resolution, batch_size = key
-        report = check_dataset(
-            Path(train_dir).expanduser(),
-            Path(reg_dir).expanduser() if reg_dir else None,
-            caption_extension=caption_extension,
-            resolution=resolution,
-            batch_size=batch_size,
-        )
-        self.app.call_from_thread(self.show_report, report, key)
-
-    def show_report(self, report, key: tuple) -> None:
-        if key != self.check_key():
-            return  # the folders changed meanwhile: a newer check follows
-        self.report, self.report_for = report, key
+    def show_report(self, key: tuple, report) -> None:
+        self.report = report
         status = self.query_one("#check-status", Static)
         concepts = self.query_one("#concepts", Vertical)
         problems = self.query_one("#problems", Vertical)
@@ -329,9 +318,6 @@ class DatasetScreen(WizardScreen):
         train_images = sum(c.images for c in report.train_concepts)
         self.query_one("#reg-generate-help", Static).update(t("dataset.reg_generate_later", count=REG_IMAGES_PER_TRAINING_IMAGE * train_images))
         self.suggest_name(report)
-        if self.go_on_when_checked:
-            self.go_on_when_checked = False
-            self.action_next()
 
     def problem_row(self, group: list) -> StatusRow:
         """One problem, or one line for the same problem in several files (the first one named)."""
@@ -358,15 +344,19 @@ class DatasetScreen(WizardScreen):
 
     # ----------------------------------------------------------------------------- leaving
 
+    async def settle_checks(self) -> None:
+        if self.draft.get("dataset.train_dir") and not self.check.is_current:
+            self.show_screen_error(t("dataset.wait_for_check"))
+            await self.check.settled()
+            self.show_screen_error(None)
+
     def ready_to_leave(self) -> bool:
         if not self.draft.get("dataset.train_dir"):
             self.query_one("#mode-existing", RadioButton).value = True
             self.query_one("#row-train-dir", FormRow).show_error(t("dataset.train_dir_required"))
             return False
-        if self.report_for != self.check_key() or self.report is None:
-            self.go_on_when_checked = True
+        if self.report is None:
             self.show_screen_error(t("dataset.wait_for_check"))
-            self.action_check()
             return False
         if self.report.errors:
             self.show_screen_error(t("dataset.has_errors", count=len(self.report.errors)))

@@ -94,28 +94,29 @@ class HomeScreen(Screen):
             return None
         return self.runs[table.cursor_row]
 
-    def on_button_pressed(self, event: Button.Pressed) -> None:
+    async def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()
         if event.button.id == "new":
-            self.action_new()
+            await self.action_new()
         elif event.button.id == "continue":
-            self.action_continue_draft()
+            await self.action_continue_draft()
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    async def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
-        self.action_attach()
+        await self.action_attach()
 
-    def action_new(self) -> None:
-        self.app.new_lora()
+    # Awaited until the next screen is shown: the keys pressed meanwhile are for that screen.
+    async def action_new(self) -> None:
+        await self.app.new_lora()
 
-    def action_continue_draft(self) -> None:
+    async def action_continue_draft(self) -> None:
         if self.app.has_draft_in_progress():
-            self.app.go_to(self.app.draft.last_step)
+            await self.app.go_to(self.app.draft.last_step)
 
-    def action_attach(self) -> None:
+    async def action_attach(self) -> None:
         selected = self.selected_run()
         if selected:
-            self.app.open_dashboard(selected[0])
+            await self.app.open_dashboard(selected[0])
 
     def action_resume(self) -> None:
         selected = self.selected_run()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Button, Input, Select, Static
@@ -23,6 +23,7 @@ from tui_lora.screens.base import WizardScreen
 from tui_lora.widgets.form import FormRow
 from tui_lora.widgets.path_input import PathInput
 from tui_lora.widgets.path_picker import PathPicker, starting_folder
+from tui_lora.widgets.settled_check import SettledCheck
 from tui_lora.widgets.status_rows import shown_path
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
@@ -42,6 +43,15 @@ def read_model_info(path: str, tokenizer: str | None):
         return inspect_base_model(Path(path).expanduser(), Path(tokenizer).expanduser() if tokenizer else None), None
     except UserError as exc:
         return None, exc.render()
+
+
+def read_model_paths(paths: tuple[str, str | None]) -> tuple:
+    """read_model_info of (model path, tokenizer); nothing to read without a model path."""
+    return read_model_info(*paths) if paths[0] else (None, None)
+
+
+def vae_problem_of(path: str | None) -> str | None:
+    return vae_problem(path) if path else None
 
 
 def vae_problem(path: str) -> str | None:
@@ -65,10 +75,11 @@ class ModelScreen(WizardScreen):
         super().__init__()
         self.info = None  # engine ModelInfo of the path, when readable
         self.problem: str | None = None  # why it is not usable
-        self.info_for: tuple[str, str | None] | None = None  # the paths `info` was read from
-        self._timer = None
-        self._vae_timer = None
         self.vae_refused = False  # the screen's error is the VAE's (Next refused it)
+        self.model_check = SettledCheck(self, "model", key=self.current_paths, run=read_model_paths, show=self.show_info,
+                                        started=self.show_reading, delay=SETTLE_SECONDS)
+        self.vae_check = SettledCheck(self, "vae", key=lambda: self.draft.get("model.vae"), run=vae_problem_of,
+                                      show=self.show_vae_problem, delay=SETTLE_SECONDS)
 
     def compose_body(self) -> ComposeResult:
         yield Static(t("model.intro"), classes="intro", markup=False)
@@ -99,38 +110,24 @@ class ModelScreen(WizardScreen):
         )
 
     def on_mount(self) -> None:
-        self.inspect()
+        self.model_check.now()
         if self.draft.get("model.vae"):
-            self.check_vae()
+            self.vae_check.now()
 
     @on(Input.Changed, "#model-path, #tokenizer")
     def path_changed(self, event: Input.Changed) -> None:
         key = "model.path" if event.input.id == "model-path" else "model.tokenizer"
         self.draft.set(key, event.value.strip() or None)
         self.changed()
-        if self._timer is not None:
-            self._timer.stop()
-        self._timer = self.set_timer(SETTLE_SECONDS, self.inspect)
+        self.model_check.soon()
 
     @on(Input.Changed, "#vae")
     def vae_changed(self, event: Input.Changed) -> None:
         self.draft.set("model.vae", event.value.strip() or None)
         self.changed()
-        if self._vae_timer is not None:
-            self._vae_timer.stop()
-        self._vae_timer = self.set_timer(SETTLE_SECONDS, self.check_vae)
-
-    def check_vae(self) -> None:
-        self.read_vae(self.draft.get("model.vae"))
-
-    @work(thread=True, exclusive=True, group="vae", exit_on_error=False)
-    def read_vae(self, path: str | None) -> None:
-        problem = vae_problem(path) if path else None
-        self.app.call_from_thread(self.show_vae_problem, path, problem)
+        self.vae_check.soon()
 
     def show_vae_problem(self, path: str | None, problem: str | None) -> None:
-        if path != self.draft.get("model.vae"):
-            return  # the path changed meanwhile: a newer read follows
         self.query_one("#row-vae", FormRow).show_error(problem)
         if problem is None and self.vae_refused:
             self.vae_refused = False
@@ -141,26 +138,18 @@ class ModelScreen(WizardScreen):
         self.draft.set("model.prediction", event.value)
         self.changed()
 
-    def inspect(self) -> None:
-        path = self.draft.get("model.path", "")
-        if not path:
-            self.show_info(None, t("model.none_yet"), self.current_paths())
-            return
-        self.query_one("#model-info", Static).update(t("model.reading"))
-        self.read_model(path, self.draft.get("model.tokenizer"))
-
     def current_paths(self) -> tuple[str, str | None]:
         return self.draft.get("model.path", ""), self.draft.get("model.tokenizer")
 
-    @work(thread=True, exclusive=True, group="model", exit_on_error=False)
-    def read_model(self, path: str, tokenizer: str | None) -> None:
-        info, problem = read_model_info(path, tokenizer)
-        self.app.call_from_thread(self.show_info, info, problem, (path, tokenizer))
+    def show_reading(self, paths: tuple[str, str | None]) -> None:
+        if paths[0]:
+            self.query_one("#model-info", Static).update(t("model.reading"))
 
-    def show_info(self, info, problem: str | None, paths: tuple[str, str | None]) -> None:
-        if paths != self.current_paths():
-            return  # the path changed meanwhile: a newer read follows
-        self.info, self.problem, self.info_for = info, problem, paths
+    def show_info(self, paths: tuple[str, str | None], read: tuple) -> None:
+        info, problem = read
+        if not paths[0]:
+            problem = t("model.none_yet")
+        self.info, self.problem = info, problem
         text = self.query_one("#model-info", Static)
         row = self.query_one("#row-model-path", FormRow)
         if info is None:
@@ -194,20 +183,22 @@ class ModelScreen(WizardScreen):
         if self.draft.apply_defaults(family_defaults(family)) or changed:
             self.changed()
 
+    async def settle_checks(self) -> None:
+        await self.model_check.settled()
+        if self.draft.get("model.vae"):
+            await self.vae_check.settled()
+
     def ready_to_leave(self) -> bool:
         if not self.draft.get("model.path"):
             self.query_one("#row-model-path", FormRow).show_error(t("model.required"))
             return False
-        if self.info_for != self.current_paths():  # Next pressed before the read settled: read now
-            self.show_info(*read_model_info(*self.current_paths()), self.current_paths())
         if self.info is None:
             self.show_screen_error(self.problem or t("model.reading"))
             return False
         if self.info.tokenizer is None:
             self.show_screen_error(t("model.tokenizer_needed"))
             return False
-        vae = self.draft.get("model.vae")
-        problem = vae_problem(vae) if vae else None
+        problem = self.vae_check.result if self.draft.get("model.vae") else None
         if problem is not None:
             self.query_one("#row-vae", FormRow).show_error(problem)
             self.show_screen_error(problem)
@@ -219,8 +210,6 @@ class ModelScreen(WizardScreen):
         if event.button.id == "browse":
             event.stop()
             self.action_browse()
-        else:
-            super().on_button_pressed(event)
 
     def action_browse(self) -> None:
         start = starting_folder(self.draft.get("model.path", ""))

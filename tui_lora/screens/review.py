@@ -134,8 +134,6 @@ class ReviewScreen(WizardScreen):
         elif event.button.id == "start":
             event.stop()
             self.action_start()
-        else:
-            super().on_button_pressed(event)
 
     def save_target(self, *, quiet: bool = False) -> Path | None:
         text = self.query_one("#save-path", Input).value.strip()
