@@ -310,7 +310,7 @@ async def test_copy_into_a_web_ui_asks_before_replacing(tmp_path, monkeypatch):
         await wait_for(pilot, lambda: copied.exists() and "Copied to" in shown(app), "the copy")
         assert copied.stat().st_size == LORA_BYTES
         copied.write_bytes(b"mine")
-        await pilot.press("enter")
+        await pilot.press("w", "enter")  # the same folder again (the copy gave the keys back to the screen)
         await wait_for(pilot, lambda: app.screen.__class__.__name__ == "ConfirmScreen", "the question")
         await pilot.press("n")
         await wait_for(pilot, lambda: "Kept the existing" in shown(app), "the answer")
@@ -353,3 +353,48 @@ async def test_the_end_of_the_run_closes_an_open_question(tmp_path, monkeypatch)
             assert not (run / "control" / "stop").exists()
     finally:
         lock.__exit__(None, None, None)
+
+
+async def test_after_a_copy_the_finish_screens_keys_work_at_once(tmp_path, monkeypatch):
+    """Issue 20 item 6: after `w` and a copy, the footer shows the screen's keys again and h goes
+    Home, without a Tab first; Esc in the copy field gives the keys back too."""
+    monkeypatch.chdir(tmp_path)
+    run = recorded_run(tmp_path)
+    webui = tmp_path / "stable-diffusion-webui"
+    (webui / "models" / "Lora").mkdir(parents=True)
+    app = dashboard_app(tmp_path / "data", run, time.time())
+    async with app.run_test(size=(100, 40)) as pilot:
+        await wait_for(pilot, lambda: app.screen.name == "finished", "the finish screen")
+        await pilot.press("w")
+        assert app.focused.id == "webui"
+        await pilot.press("escape")  # not a copy after all
+        assert app.focused.id == "body" and app.screen.name == "finished"
+        await pilot.press("w", *str(webui), "enter")
+        await wait_for(pilot, lambda: "Copied to" in shown(app), "the copy")
+        footer = shown(app).split("Copied to")[-1]
+        assert "w Copy to web UI" in footer and "h Home" in footer
+        await pilot.press("h")
+        await wait_for(pilot, lambda: app.screen.name == "home", "Home")
+        assert app.is_running
+
+
+async def test_q_on_a_run_opened_from_home_goes_back_home(tmp_path, monkeypatch):
+    """Issue 20 item 10: q leaves a run opened from Home for Home (the dashboard's q, and the
+    finish screen's that follows it); attached from the command line, q quits as before."""
+    monkeypatch.chdir(tmp_path)
+    run = recorded_run(tmp_path)
+    app = dashboard_app(tmp_path / "data", run, time.time(), attach=False)
+    app.remember_output_dir(tmp_path / "output")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: "output/usu_bear.run" in shown(app), "the run on Home")
+        await pilot.press("a")
+        await wait_for(pilot, lambda: app.screen.name == "finished", "the finish screen")
+        await pilot.press("q")
+        await wait_for(pilot, lambda: app.screen.name == "home", "Home")
+        assert app.is_running
+    app = dashboard_app(tmp_path / "data", run, time.time())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.screen.name == "finished", "the finish screen")
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.return_value == []

@@ -35,11 +35,18 @@ def run_summary(view: RunView) -> str:
     )
 
 
+def leave_run_ending(screen: FinishScreen | FailureScreen) -> None:
+    """q, as on the dashboard it follows: back to Home when the run was opened from Home; out
+    of the app when the app is `lora-wizard attach RUN`."""
+    screen.app.leave_dashboard(screen.run_folder, still_running=False)
+
+
 class FinishScreen(Screen):
     BINDINGS = [
         Binding("w", "focus_copy", "key.finish.copy"),
         Binding("h", "home", "key.home"),
-        Binding("q", "app.quit", "key.quit", show=False),  # the footer shows Ctrl+Q
+        Binding("escape", "leave_field_or_home", "key.back", show=False),
+        Binding("q", "leave", "key.quit", show=False),  # the footer shows Ctrl+Q
     ]
 
     def __init__(self, run_folder: Path, finished: FinishedLora, summary: str) -> None:
@@ -87,6 +94,16 @@ class FinishScreen(Screen):
     def action_home(self) -> None:
         self.app.go_to("home")
 
+    def action_leave(self) -> None:
+        leave_run_ending(self)
+
+    def action_leave_field_or_home(self) -> None:
+        """Esc in the copy field gives the keys back to the screen (w, h, q); else Home."""
+        if isinstance(self.focused, PathInput):
+            self.query_one("#body").focus()
+        else:
+            self.action_home()
+
     def on_input_submitted(self, event: PathInput.Submitted) -> None:
         event.stop()
         if event.value.strip():
@@ -114,6 +131,7 @@ class FinishScreen(Screen):
                 self.copy_lora(webui, True)
             else:
                 self.copy_done(None, t("finish.kept", path=str(target)))
+                self.query_one("#body").focus()  # nothing to fix in the field
 
         self.app.push_screen(ConfirmScreen(t("finish.overwrite", path=str(target))), answered)
 
@@ -123,6 +141,8 @@ class FinishScreen(Screen):
         note.update(problem if problem is not None else t("finish.copied", path=str(target)))
         if webui is not None:
             self.app.remember_webui_dir(webui)
+        if target is not None:  # copied: the screen's keys (h, w, q) work again at once
+            self.query_one("#body").focus()
 
 
 class FailureScreen(Screen):
@@ -131,7 +151,7 @@ class FailureScreen(Screen):
     BINDINGS = [
         Binding("r", "resume", "key.resume"),
         Binding("h", "home", "key.home"),
-        Binding("q", "app.quit", "key.quit", show=False),  # the footer shows Ctrl+Q
+        Binding("q", "leave", "key.quit", show=False),  # the footer shows Ctrl+Q
     ]
 
     def __init__(self, run_folder: Path, view: RunView) -> None:
@@ -180,3 +200,6 @@ class FailureScreen(Screen):
 
     def action_home(self) -> None:
         self.app.go_to("home")
+
+    def action_leave(self) -> None:
+        leave_run_ending(self)
