@@ -44,6 +44,7 @@ from tui_lora.widgets.bindings import translate_bindings
 from tui_lora.widgets.caption_editor import ImagePreview, TagChips, TagTable
 from tui_lora.widgets.confirm import ConfirmScreen
 from tui_lora.widgets.form import FormRow
+from tui_lora.widgets.on_off import OnOff
 
 CAPTION_EXTENSIONS = (".txt", ".caption")
 EXISTING = ("keep", "replace", "append")
@@ -128,7 +129,7 @@ class CaptionsScreen(Screen[None]):
             yield FormRow(t("captions.character"), Input(str(s.get("character", DEFAULT_CHARACTER_THRESHOLD)), compact=True, id="character-threshold"), help=t("captions.character_help"), id="row-character-threshold")
             yield FormRow(t("captions.first"), Input(s.get("first", self.default_first), compact=True, id="first-tags", placeholder=t("captions.first_placeholder")), help=t("captions.first_help"))
             yield FormRow(t("captions.drop"), Input(s.get("drop", ""), compact=True, id="drop-tags"), help=t("captions.drop_help"))
-            yield Checkbox(t("captions.underscores"), s.get("underscores", True), compact=True, id="underscores")
+            yield OnOff(s.get("underscores", True), t("captions.underscores"), compact=True, id="underscores")
             with RadioSet(id="caption-extension", compact=True):
                 for extension in CAPTION_EXTENSIONS:
                     yield RadioButton(t("captions.extension", extension=extension), value=extension == self.extension, compact=True, id=f"ext-{extension[1:]}")

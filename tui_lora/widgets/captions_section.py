@@ -24,6 +24,7 @@ from textual.widgets import Button, Checkbox, Input, RadioButton, RadioSet, Stat
 
 from tui_lora.i18n import t
 from tui_lora.widgets.form import FormRow
+from tui_lora.widgets.on_off import OnOff
 
 STYLES = ("dreambooth", "finetune")
 STYLE_KEY = "dataset_style"  # in the draft's choices
@@ -63,7 +64,7 @@ class CaptionsSection(Vertical):
             for style in STYLES:
                 yield RadioButton(t(f"captions.style.{style}"), value=style == self.style, compact=True, id=f"style-{style}")
         yield Static(t(f"captions.style_help.{self.style}"), id="style-help", classes="help", markup=False)
-        yield Checkbox(t("captions.shuffle"), bool(self.draft.get("dataset.shuffle_tags", False)), compact=True, id="shuffle-tags")
+        yield OnOff(bool(self.draft.get("dataset.shuffle_tags", False)), t("captions.shuffle"), compact=True, id="shuffle-tags")
         yield FormRow(
             t("captions.keep_tokens"),
             Input(str(self.draft.get("dataset.keep_tokens", 0)), compact=True, id="keep-tokens"),

@@ -1,4 +1,5 @@
-"""A checkbox that says its state in words: `[x] on` or `[ ] off`.
+"""A checkbox that says its state in text: `[x] on` / `[ ] off`, or `[x] Shuffle tags` /
+`[ ] Shuffle tags` when it has a label of its own.
 
 Textual's Checkbox draws the same X whether it is on or off and tells them apart by colour
 alone, which a plain terminal, a colour-blind user or a dark theme's "off" (dark on dark) loses.
@@ -13,8 +14,9 @@ from tui_lora.i18n import t
 
 
 class OnOff(Checkbox):
-    def __init__(self, value: bool = False, **kwargs) -> None:
-        super().__init__(state_word(value), value, **kwargs)
+    def __init__(self, value: bool = False, label: str | None = None, **kwargs) -> None:
+        self.fixed_label = label  # None: the label is the state, on or off
+        super().__init__(label if label is not None else state_word(value), value, **kwargs)
 
     @property
     def _button(self) -> Content:
@@ -22,7 +24,8 @@ class OnOff(Checkbox):
 
     def watch_value(self) -> None:
         super().watch_value()
-        self.label = state_word(self.value)
+        if self.fixed_label is None:
+            self.label = state_word(self.value)
 
 
 def state_word(value: bool) -> str:
