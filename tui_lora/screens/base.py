@@ -17,12 +17,13 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Static
 
 from tui_lora.draft import STEPS, Draft
+from tui_lora.host import WizardNode
 from tui_lora.i18n import t
 from tui_lora.widgets.bindings import translate_bindings
 from tui_lora.widgets.step_bar import StepBar
 
 
-class WizardScreen(Screen):
+class WizardScreen(WizardNode, Screen):
     STEP: ClassVar[str]
     # A body of text to read (not a form) takes the focus, so ↑↓ PgUp PgDn scroll it.
     BODY_FOCUSABLE: ClassVar[bool] = False
@@ -42,7 +43,7 @@ class WizardScreen(Screen):
 
     @property
     def draft(self) -> Draft:
-        return self.app.draft
+        return self.wizard.draft
 
     def compose(self) -> ComposeResult:
         yield StepBar(self.STEP)
@@ -79,7 +80,7 @@ class WizardScreen(Screen):
 
     def changed(self) -> None:
         """A value was accepted into the draft: keep it."""
-        self.app.save_draft()
+        self.wizard.save_draft()
 
     def show_screen_error(self, message: str | None) -> None:
         error = self.query_one("#screen-error", Static)
@@ -107,7 +108,7 @@ class WizardScreen(Screen):
         await self.settle_checks()
         if self.is_current and self.ready_to_leave():
             self.show_screen_error(None)
-            await self.app.go_next(self.STEP)
+            await self.wizard.go_next(self.STEP)
 
     async def action_back(self) -> None:
-        await self.app.go_back(self.STEP)
+        await self.wizard.go_back(self.STEP)

@@ -39,6 +39,7 @@ from textual.widgets import (
 )
 from textual.widgets.option_list import Option
 
+from tui_lora.host import WizardNode
 from tui_lora.i18n import t
 from tui_lora.widgets.bindings import translate_bindings
 from tui_lora.widgets.caption_editor import ImagePreview, TagChips, TagTable
@@ -78,7 +79,7 @@ def download_bar(report):
     return Bar
 
 
-class CaptionsScreen(Screen[None]):
+class CaptionsScreen(WizardNode, Screen[None]):
     BINDINGS = [
         Binding("escape", "back", "key.back"),
         Binding("ctrl+g", "tag", "key.captions.tag"),
@@ -104,7 +105,7 @@ class CaptionsScreen(Screen[None]):
 
     @property
     def draft(self):
-        return self.app.draft
+        return self.wizard.draft
 
     @property
     def settings(self) -> dict:
@@ -171,7 +172,7 @@ class CaptionsScreen(Screen[None]):
     def text_setting(self, event: Input.Changed) -> None:
         key = {"tagger-model": "model", "first-tags": "first", "drop-tags": "drop"}[event.input.id or ""]
         self.settings[key] = event.value.strip()
-        self.app.save_draft()
+        self.wizard.save_draft()
 
     @on(Input.Changed, "#general-threshold, #character-threshold")
     def threshold_setting(self, event: Input.Changed) -> None:
@@ -179,7 +180,7 @@ class CaptionsScreen(Screen[None]):
         value = self.threshold(event.input.id or "")
         if value is not None:
             self.settings[key] = value
-            self.app.save_draft()
+            self.wizard.save_draft()
 
     def threshold(self, input_id: str) -> float | None:
         row = self.query_one(f"#row-{input_id}", FormRow)
@@ -194,18 +195,18 @@ class CaptionsScreen(Screen[None]):
     @on(Checkbox.Changed, "#underscores")
     def underscores_setting(self, event: Checkbox.Changed) -> None:
         self.settings["underscores"] = event.value
-        self.app.save_draft()
+        self.wizard.save_draft()
 
     @on(RadioSet.Changed, "#existing")
     def existing_setting(self, event: RadioSet.Changed) -> None:
         self.settings["existing"] = (event.pressed.id or "existing-keep").removeprefix("existing-")
-        self.app.save_draft()
+        self.wizard.save_draft()
 
     @on(RadioSet.Changed, "#caption-extension")
     def extension_setting(self, event: RadioSet.Changed) -> None:
         """The answers file follows, so training reads the files shown here."""
         self.draft.set("dataset.caption_extension", "." + (event.pressed.id or "ext-txt").removeprefix("ext-"))
-        self.app.save_draft()
+        self.wizard.save_draft()
         self.load_captions()
 
     # ----------------------------------------------------------------------------- tagging
@@ -394,7 +395,7 @@ class CaptionsScreen(Screen[None]):
         event.input.value = ""
 
     def action_back(self) -> None:
-        self.app.flush_draft()
+        self.wizard.flush_draft()
         self.dismiss(None)
 
 

@@ -24,6 +24,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
+from tui_lora.host import WizardNode
 from tui_lora.i18n import t
 from tui_lora.run_view import RunView
 from tui_lora.widgets.bindings import translate_bindings
@@ -40,7 +41,7 @@ STATS_SECONDS = 2.0
 END_OF_STREAM = None  # put on the queue when the engine is gone and every event is read
 
 
-class DashboardScreen(Screen):
+class DashboardScreen(WizardNode, Screen):
     BINDINGS = [
         Binding("c", "checkpoint", "key.dashboard.checkpoint"),
         Binding("s", "stop", "key.dashboard.stop"),
@@ -153,7 +154,7 @@ class DashboardScreen(Screen):
             self.ended = False  # show the ending once
             while self.app.screen is not self:  # a question still open (stop?) has lost its point
                 self.app.pop_screen()
-            self.app.show_run_ending(self.run_folder, self.view)
+            self.wizard.show_run_ending(self.run_folder, self.view)
 
     def on_resize(self) -> None:
         self.query_one(LogPanel).show(self.view)
@@ -181,7 +182,7 @@ class DashboardScreen(Screen):
         self.app.push_screen(ConfirmScreen(t("dashboard.stop_question")), answered)
 
     def action_leave(self) -> None:
-        self.app.leave_dashboard(self.run_folder, still_running=self.view.running)
+        self.wizard.leave_dashboard(self.run_folder, still_running=self.view.running)
 
     def _engine_is_running(self) -> bool:
         from engine.runs import engine_running

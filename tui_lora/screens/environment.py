@@ -39,7 +39,7 @@ class EnvironmentScreen(WizardScreen):
     def check_machine(self) -> None:
         from engine.checks.report import run_checks
 
-        facts = self.app.machine_facts()
+        facts = self.wizard.machine_facts()
         report = run_checks(facts=facts, family=self.draft.model_family)
         self.app.call_from_thread(self.show_report, report)
 
@@ -73,4 +73,4 @@ class EnvironmentScreen(WizardScreen):
         if rec.processes > 1:
             rows.append(Static(t("environment.processes", processes=rec.processes, batch_size=rec.batch_size, effective=rec.effective_batch), markup=False))
         items.mount_all(rows)
-        self.app.apply_recommendations(rec)
+        self.wizard.apply_recommendations(rec)

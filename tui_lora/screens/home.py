@@ -16,6 +16,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Static
 
+from tui_lora.host import WizardNode
 from tui_lora.i18n import t
 from tui_lora.widgets.bindings import translate_bindings
 from tui_lora.widgets.status_rows import shown_path
@@ -37,7 +38,7 @@ def list_runs(folders: list[str]) -> list[tuple[Path, str, str]]:
     return [(run, *runs[run]) for run in ordered]
 
 
-class HomeScreen(Screen):
+class HomeScreen(WizardNode, Screen):
     STEP = "home"
     BINDINGS = [
         Binding("n", "new", "key.new"),
@@ -58,8 +59,8 @@ class HomeScreen(Screen):
             yield Static(t("home.intro"), classes="intro", markup=False)
             with Horizontal(classes="buttons"):
                 yield Button(t("home.new"), id="new", variant="primary", compact=True)
-                if self.app.has_draft_in_progress():
-                    yield Button(t("home.continue", step=t("step." + self.app.draft.last_step)), id="continue", compact=True)
+                if self.wizard.has_draft_in_progress():
+                    yield Button(t("home.continue", step=t("step." + self.wizard.draft.last_step)), id="continue", compact=True)
             yield Static(t("home.runs"), classes="heading", markup=False)
             yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
             yield Static(t("home.looking"), id="runs-note", classes="help", markup=False)
@@ -72,7 +73,7 @@ class HomeScreen(Screen):
 
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
     def load_runs(self) -> None:
-        runs = list_runs(self.app.settings.output_dirs)
+        runs = list_runs(self.wizard.settings.output_dirs)
         self.app.call_from_thread(self.show_runs, runs)
 
     def show_runs(self, runs: list[tuple[Path, str, str]]) -> None:
@@ -107,16 +108,16 @@ class HomeScreen(Screen):
 
     # Awaited until the next screen is shown: the keys pressed meanwhile are for that screen.
     async def action_new(self) -> None:
-        await self.app.new_lora()
+        await self.wizard.new_lora()
 
     async def action_continue_draft(self) -> None:
-        if self.app.has_draft_in_progress():
-            await self.app.go_to(self.app.draft.last_step)
+        if self.wizard.has_draft_in_progress():
+            await self.wizard.go_to(self.wizard.draft.last_step)
 
     async def action_attach(self) -> None:
         selected = self.selected_run()
         if selected:
-            await self.app.open_dashboard(selected[0])
+            await self.wizard.open_dashboard(selected[0])
 
     def action_resume(self) -> None:
         selected = self.selected_run()
@@ -126,9 +127,9 @@ class HomeScreen(Screen):
         if state not in RESUMABLE:
             self.notify(t("home.not_resumable", state=t("state." + state.replace(" ", "_"))), severity="warning")
             return
-        self.app.leave_for([["resume", str(run), "--detach"], ["attach", str(run)]])
+        self.wizard.leave_for([["resume", str(run), "--detach"], ["attach", str(run)]])
 
     def action_open(self) -> None:
         selected = self.selected_run()
         if selected:
-            self.app.open_run_answers(selected[0])
+            self.wizard.open_run_answers(selected[0])

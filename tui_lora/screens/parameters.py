@@ -100,7 +100,7 @@ class ParametersScreen(WizardScreen):
 
     @work(thread=True, exclusive=True, group="parameters-machine", exit_on_error=False)
     def read_machine(self) -> None:
-        facts = self.app.machine_facts()
+        facts = self.wizard.machine_facts()
         family = model_family(self.draft)
         self.app.call_from_thread(self.apply_machine, facts, family)
 
@@ -121,7 +121,7 @@ class ParametersScreen(WizardScreen):
             gradient_accumulation=self.draft.get("training.gradient_accumulation", 1),
             fp16_safe_vae=self.draft.get("model.vae") is not None,  # the Model step's VAE runs in half precision
         )
-        changed += self.app.apply_recommendations(recommendations)
+        changed += self.wizard.apply_recommendations(recommendations)
         if changed:
             self.changed()
         for key in changed:
@@ -131,7 +131,7 @@ class ParametersScreen(WizardScreen):
 
     def condition_holds(self, condition: str) -> bool:
         if condition == "several_gpus":
-            return several_gpus(self.app.facts) or self.draft.get("training.processes", 1) != 1
+            return several_gpus(self.wizard.facts) or self.draft.get("training.processes", 1) != 1
         if condition == "sdxl":
             return self.family == "sdxl" or self.draft.get("training.text_encoder_2_lr") is not None
         return True

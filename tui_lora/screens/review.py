@@ -92,7 +92,7 @@ class ReviewScreen(WizardScreen):
         from engine.errors import UserError
         from engine.plan import plan_training
 
-        report = run_checks(answers, facts=self.app.machine_facts())
+        report = run_checks(answers, facts=self.wizard.machine_facts())
         try:
             plan = plan_training(answers, family_label=report.estimate.setup.cost.label, default_resolution=report.estimate.setup.cost.resolution)
         except UserError as exc:
@@ -173,7 +173,7 @@ class ReviewScreen(WizardScreen):
         row.show_help(t("review.saved", path=shown_path(path)))
         self.draft.choices["saved_to"] = str(path)
         self.changed()
-        self.app.remember_output_dir(self.answers.output.dir)
+        self.wizard.remember_output_dir(self.answers.output.dir)
         self.notify(t("review.saved_note", path=shown_path(path)))
 
     # ----------------------------------------------------------------------------- start
@@ -192,14 +192,14 @@ class ReviewScreen(WizardScreen):
 
         plan = prepare_plan(answers)  # the model files and every image, before any GPU time
         folder = create_run_folder(plan.answers)
-        self.app.launch(folder)
+        self.wizard.launch(folder)
         return folder
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "review-start":
             return
         if event.state == WorkerState.SUCCESS:
-            self.app.run_started(event.worker.result)
+            self.wizard.run_started(event.worker.result)
         elif event.state == WorkerState.ERROR:
             from engine.errors import UserError
 

@@ -15,6 +15,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from tui_lora.finish import FinishedLora, format_size
+from tui_lora.host import WizardNode
 from tui_lora.i18n import t
 from tui_lora.run_view import RunView, format_duration
 from tui_lora.widgets.bindings import translate_bindings
@@ -38,10 +39,10 @@ def run_summary(view: RunView) -> str:
 def leave_run_ending(screen: FinishScreen | FailureScreen) -> None:
     """q, as on the dashboard it follows: back to Home when the run was opened from Home; out
     of the app when the app is `lora-wizard attach RUN`."""
-    screen.app.leave_dashboard(screen.run_folder, still_running=False)
+    screen.wizard.leave_dashboard(screen.run_folder, still_running=False)
 
 
-class FinishScreen(Screen):
+class FinishScreen(WizardNode, Screen):
     BINDINGS = [
         Binding("w", "focus_copy", "key.finish.copy"),
         Binding("h", "home", "key.home"),
@@ -68,7 +69,7 @@ class FinishScreen(Screen):
             yield Static(self.trigger_help(), classes="help", markup=False)
             yield Static(t("finish.copy_heading"), classes="heading", markup=False)
             with Horizontal(classes="copy-row"):
-                yield PathInput(self.app.settings.webui_dir or "", folders_only=True, id="webui",
+                yield PathInput(self.wizard.settings.webui_dir or "", folders_only=True, id="webui",
                                 placeholder=t("finish.copy_placeholder"))
             yield Static(t("finish.copy_help"), id="copy-note", classes="help", markup=False)
             yield Static(t("finish.headless"), classes="heading", markup=False)
@@ -92,7 +93,7 @@ class FinishScreen(Screen):
         self.query_one("#webui", PathInput).focus()
 
     def action_home(self) -> None:
-        self.app.go_to("home")
+        self.wizard.go_to("home")
 
     def action_leave(self) -> None:
         leave_run_ending(self)
@@ -140,12 +141,12 @@ class FinishScreen(Screen):
         note.set_class(problem is not None, "fail")
         note.update(problem if problem is not None else t("finish.copied", path=str(target)))
         if webui is not None:
-            self.app.remember_webui_dir(webui)
+            self.wizard.remember_webui_dir(webui)
         if target is not None:  # copied: the screen's keys (h, w, q) work again at once
             self.query_one("#body").focus()
 
 
-class FailureScreen(Screen):
+class FailureScreen(WizardNode, Screen):
     """The end of a run that did not finish: failed, stopped on request, or gone without a word."""
 
     BINDINGS = [
@@ -196,10 +197,10 @@ class FailureScreen(Screen):
         return ""
 
     def action_resume(self) -> None:
-        self.app.leave_for([["resume", str(self.run_folder), "--detach"], ["attach", str(self.run_folder)]])
+        self.wizard.leave_for([["resume", str(self.run_folder), "--detach"], ["attach", str(self.run_folder)]])
 
     def action_home(self) -> None:
-        self.app.go_to("home")
+        self.wizard.go_to("home")
 
     def action_leave(self) -> None:
         leave_run_ending(self)

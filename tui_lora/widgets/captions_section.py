@@ -22,6 +22,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Checkbox, Input, RadioButton, RadioSet, Static
 
+from tui_lora.host import WizardNode
 from tui_lora.i18n import t
 from tui_lora.widgets.form import FormRow
 from tui_lora.widgets.on_off import OnOff
@@ -32,7 +33,7 @@ STYLE_KEY = "dataset_style"  # in the draft's choices
 FIRST_TAGS_KEPT = 2
 
 
-class CaptionsSection(Vertical):
+class CaptionsSection(WizardNode, Vertical):
     DEFAULT_CSS = """
     CaptionsSection { height: auto; }
     CaptionsSection #keep-tokens { width: 8; }
@@ -52,7 +53,7 @@ class CaptionsSection(Vertical):
 
     @property
     def draft(self):
-        return self.app.draft
+        return self.wizard.draft
 
     @property
     def style(self) -> str:
@@ -89,7 +90,7 @@ class CaptionsSection(Vertical):
                 self.query_one("#shuffle-tags", Checkbox).value = True
             if self.draft.set_default("dataset.keep_tokens", FIRST_TAGS_KEPT):
                 self.query_one("#keep-tokens", Input).value = str(FIRST_TAGS_KEPT)
-        self.app.save_draft()
+        self.wizard.save_draft()
         self.show_summary(self.report)
         self.post_message(self.StyleChanged(style))
 
@@ -98,7 +99,7 @@ class CaptionsSection(Vertical):
         event.stop()
         if event.value != self.draft.get("dataset.shuffle_tags", False):
             self.draft.set("dataset.shuffle_tags", event.value)
-            self.app.save_draft()
+            self.wizard.save_draft()
 
     @on(Input.Changed, "#keep-tokens")
     def keep_tokens_changed(self, event: Input.Changed) -> None:
@@ -108,7 +109,7 @@ class CaptionsSection(Vertical):
         self.query_one("#row-keep-tokens", FormRow).show_error(None if ok else t("captions.keep_tokens_invalid"))
         if ok and int(text) != self.draft.get("dataset.keep_tokens", 0):
             self.draft.set("dataset.keep_tokens", int(text))
-            self.app.save_draft()
+            self.wizard.save_draft()
 
     # ----------------------------------------------------------------------------- captions
 
