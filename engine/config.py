@@ -53,6 +53,13 @@ class ModelSection(_Section):
         None,
         description="A VAE replacing the base model's, e.g. an fp16-safe one: a diffusers AutoencoderKL folder or a single file",
     )
+    ae: Path | None = Field(None, description="FLUX.1 in single files: the autoencoder, ae.safetensors")
+    clip_l: Path | None = Field(None, description="FLUX.1 in single files: the CLIP-L text encoder, clip_l.safetensors")
+    t5xxl: Path | None = Field(None, description="FLUX.1 in single files: the T5-XXL text encoder, t5xxl_fp16.safetensors")
+    t5_max_length: int | None = Field(
+        None, ge=8, le=512, description="FLUX.1: T5 tokens per caption; empty = 512 for dev, 256 for schnell"
+    )
+    t5_attention_mask: bool = Field(False, description="FLUX.1: T5 and the transformer ignore padding (kohya's apply_t5_attn_mask)")
 
 
 class DatasetSection(_Section):
@@ -144,6 +151,16 @@ class TrainingSection(_Section):
     )
     log_every_steps: int = Field(10, ge=1, le=10_000, description="Read the loss back from the device every N steps")
     save_every_epochs: int = Field(0, ge=0, description="Also write <name>-000001.safetensors every N epochs")
+    timestep_sampling: Literal["shift", "sigmoid", "uniform"] = Field(
+        "shift", description="FLUX.1: how noise levels are drawn (kohya's timestep_sampling)"
+    )
+    discrete_flow_shift: float = Field(3.1582, gt=0, le=100, description="FLUX.1: the shift of `shift` sampling")
+    sigmoid_scale: float = Field(1.0, gt=0, le=100, description="FLUX.1: scale of the normal draw in shift and sigmoid sampling")
+    guidance_scale: float = Field(1.0, ge=0, le=100, description="FLUX.1 dev: the guidance the transformer is told while training")
+    fp8_base: bool = Field(False, description="FLUX.1: store the frozen transformer in fp8, compute in bf16 (kohya's fp8_base)")
+    offload_blocks: bool = Field(
+        False, description="FLUX.1 on a GPU: keep transformer blocks in host memory, each brought over when it runs (needs gradient_checkpointing)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainingSection:
@@ -251,6 +268,9 @@ PATH_KEYS = [
     ("model", "path"),
     ("model", "tokenizer"),
     ("model", "vae"),
+    ("model", "ae"),
+    ("model", "clip_l"),
+    ("model", "t5xxl"),
     ("dataset", "train_dir"),
     ("dataset", "reg_dir"),
     ("network", "init_from"),

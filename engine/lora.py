@@ -112,9 +112,10 @@ def add_lora(model: LoadedModel, *, dim: int, alpha: float, train_text_encoder: 
     """
     for part in (model.denoiser, model.vae, *model.text_encoders):
         part.requires_grad_(False)
-    _inject(model.denoiser, unet_lora_targets(model.denoiser), dim=dim, alpha=alpha)
+    targets = model.family.lora_targets(model.denoiser)
+    _inject(model.denoiser, unet_lora_targets(model.denoiser) if targets is None else targets, dim=dim, alpha=alpha)
     if train_text_encoder:
-        for text_encoder in model.text_encoders:
+        for text_encoder in model.family.trainable_text_encoders(model):
             _inject(text_encoder, text_encoder_lora_targets(text_encoder), dim=dim, alpha=alpha)
     lora_parameters(model)  # makes sure the new LoRA weights are float32 whatever the base's dtype
 
@@ -193,6 +194,11 @@ def kohya_state_dict(model: LoadedModel, *, dtype: torch.dtype) -> dict[str, tor
     """
     import torch
 
+    family_tensors = model.family.kohya_tensors(
+        list(_lora_layers(model.denoiser)), [pair for encoder in model.text_encoders for pair in _lora_layers(encoder)], dtype
+    )
+    if family_tensors is not None:
+        return family_tensors
     tensors: dict[str, torch.Tensor] = {}
     for stem, layer in _named_lora_layers(model):
         down = layer.lora_A[ADAPTER].weight
@@ -246,7 +252,7 @@ def kohya_metadata(*, model: LoadedModel, answers: Answers, stats: dict[str, Any
         "ss_max_train_steps": stats["max_train_steps"],
         "ss_lr_warmup_steps": training.warmup_steps,
         "ss_lr_scheduler": training.lr_scheduler,
-        "ss_network_module": NETWORK_MODULE,
+        "ss_network_module": model.family.network_module,
         "ss_network_dim": network.dim,
         "ss_network_alpha": network.effective_alpha,
         "ss_network_dropout": None,
@@ -277,6 +283,7 @@ def kohya_metadata(*, model: LoadedModel, answers: Answers, stats: dict[str, Any
         "ss_epoch": stats["epoch"],
     }
     metadata = {key: str(value) for key, value in kohya_values.items()}
+    metadata.update(model.family.lora_metadata(answers))
     metadata.update(_modelspec(model, answers, resolution=resolution, saved_at=finished_at))
     return metadata
 
@@ -306,6 +313,9 @@ def _modelspec(model: LoadedModel, answers: Answers, *, resolution: int, saved_a
         "modelspec.prediction_type": "v" if model.objective.prediction_type == "v_prediction" else "epsilon",
         "modelspec.implementation_version": f"lora-wizard/{_own_version()}",
     }
+    if model.family.modelspec_implementation:  # FLUX.1: BFL's implementation, and no prediction type (kohya's)
+        spec["modelspec.implementation"] = model.family.modelspec_implementation
+        del spec["modelspec.prediction_type"]
     if answers.training.clip_skip > 1:
         spec["modelspec.encoder_layer"] = str(answers.training.clip_skip)
     return spec

@@ -117,6 +117,7 @@ def prepare_plan(answers: Answers, *, for_resume: bool = False) -> TrainingPlan:
     from engine.dataset import open_image
     from engine.errors import ModelFileError
     from engine.families import inspect_base_model
+    from engine.families.flux import flux_options
     from engine.families.sd import FAMILIES
 
     if not for_resume:
@@ -125,7 +126,7 @@ def prepare_plan(answers: Answers, *, for_resume: bool = False) -> TrainingPlan:
         from engine.tensorboard import check_tensorboard_installed
 
         check_tensorboard_installed()
-    info = inspect_base_model(answers.model.path, tokenizer=answers.model.tokenizer)
+    info = inspect_base_model(answers.model.path, tokenizer=answers.model.tokenizer, flux=flux_options(answers.model, answers.training))
     if answers.model.vae:
         from engine.families.vae import check_vae_path
 

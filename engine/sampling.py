@@ -300,6 +300,7 @@ class ImageMaker:
     def __init__(self, model: LoadedModel, *, clip_skip: int = 1):
         self.model = model
         self.clip_skip = clip_skip
+        self.flux = _is_flux(model)  # FluxPipeline: packed latents, no negative prompt, its flow scheduler
         self.pipeline = _build_pipeline(model)
         self.adapters: dict[str, str] = {}  # LoRA name -> peft adapter name
         self._loads = 0  # adapters ever loaded: each gets a new name, even after a failed load
@@ -314,6 +315,7 @@ class ImageMaker:
         prediction: str = "auto",
         clip_skip: int = 1,
         vae: str | Path | None = None,
+        flux: Any = None,
     ) -> ImageMaker:
         """Load a base model (diffusers folder or single file) for inference: eval mode, fp16 on CUDA.
         `vae` (a folder or file, as `[model] vae`) replaces the model's own VAE."""
@@ -322,7 +324,7 @@ class ImageMaker:
         from engine.families import load_base_model
 
         with _no_progress_bars():
-            model = load_base_model(path, prediction=prediction, tokenizer=tokenizer, vae=vae)
+            model = load_base_model(path, prediction=prediction, tokenizer=tokenizer, vae=vae, flux=flux)
         target = inference_device(device)
         dtype = inference_dtype(target)
         # The base model's VAE stays fp32 (SD's, SDXL's above all, can overflow in fp16); a VAE given
@@ -347,7 +349,7 @@ class ImageMaker:
                 with _quiet_libraries(logging.CRITICAL), _no_progress_bars(), warnings.catch_warnings():
                     # peft warns that a second adapter makes several adapters: that is the point here.
                     warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                    self.pipeline.load_lora_weights(str(path), adapter_name=adapter)
+                    self.pipeline.load_lora_weights(self._lora_source(path), adapter_name=adapter)
             except (ValueError, KeyError, RuntimeError, OSError) as exc:
                 self._discard(adapter)
                 lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -357,6 +359,20 @@ class ImageMaker:
             self.adapters[name] = adapter
             self._check_every_layer_loaded(path, adapter)
         self.set_lora_weights({})
+
+    def _lora_source(self, path: Path) -> Any:
+        """What `load_lora_weights` reads: the file, or for FLUX.1 the file split back onto diffusers'
+        layers (diffusers' kohya FLUX converter only knows FLUX.1's full width)."""
+        if not self.flux:
+            return str(path)
+        from safetensors.torch import load_file
+
+        from engine.families.flux_sampling import kohya_to_diffusers
+
+        converted, unmatched = kohya_to_diffusers(load_file(path), self.model.denoiser, self.model.text_encoders[0])
+        if unmatched:
+            raise ValueError(f"{len(unmatched)} of its modules name nothing in this model, e.g. {unmatched[0]}")
+        return converted
 
     def _check_every_layer_loaded(self, path: Path, adapter: str) -> None:
         """diffusers silently drops kohya layers that name no module of the model; count them instead."""
@@ -403,7 +419,8 @@ class ImageMaker:
 
         model = self.model
         pipeline = self.pipeline
-        pipeline.scheduler = build_scheduler(model, prompt.sampler)
+        if not self.flux:  # FLUX.1 keeps its own flow-matching scheduler
+            pipeline.scheduler = build_scheduler(model, prompt.sampler)
         with torch.no_grad(), _eval_mode(model):
             embeds = embeds if embeds is not None else self._prompt_embeds(prompt)
             generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
@@ -418,6 +435,10 @@ class ImageMaker:
                 output_type="latent",
                 return_dict=False,
             )[0]
+            if self.flux:
+                from engine.families.flux_sampling import decode
+
+                return decode(pipeline, latents, prompt.width, prompt.height)
             return self._decode(latents)
 
     def prompt_embeds(self, prompt: SamplePrompt) -> dict[str, torch.Tensor]:
@@ -436,6 +457,10 @@ class ImageMaker:
         """The pipeline's prompt arguments: the context of both prompts, and for SDXL the pooled text
         (the pipeline adds SDXL's size conditioning for an uncropped image of the requested size)."""
         unet_dtype = _dtype_of(self.model.denoiser)
+        if self.flux:
+            from engine.families.flux_sampling import pipeline_embeds
+
+            return pipeline_embeds(self._encode(prompt.prompt), _dtype_of(self.model.text_encoders[0]))
         positive, negative = self._encode(prompt.prompt), self._encode(prompt.negative)
         embeds = {
             "prompt_embeds": positive["encoder_hidden_states"].to(unet_dtype),
@@ -467,9 +492,20 @@ def _kohya_layer_count(path: Path) -> int | None:
     return sum(key.endswith(".lora_down.weight") for key in keys)
 
 
+def _is_flux(model: LoadedModel) -> bool:
+    from engine.families.flux import Flux1
+
+    return isinstance(model.family, Flux1)
+
+
 def _build_pipeline(model: LoadedModel) -> Any:
     from accelerate.utils import extract_model_from_parallel
 
+    if _is_flux(model):
+        from engine.families.flux_sampling import build_flux_pipeline
+
+        with _quiet_libraries():
+            return build_flux_pipeline(model)
     if model.family.name == "sdxl":
         return _build_sdxl_pipeline(model)
     if model.family.name not in ("sd1", "sd2"):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.families.flux_layout import diffusers_to_bfl, rope_axes
+from engine.families.flux_load import SCHEDULER_CONFIGS, T5_MAX_LENGTH
 from engine.tiny import (
     TINY_WORDS,
     save_single_file,
@@ -32,20 +33,6 @@ TINY_FLUX_WIDTH = 64  # 2 heads of 32 (FLUX.1: 24 heads of 128)
 TINY_FLUX_HEAD = 32
 TINY_T5_WIDTH = 32  # T5-XXL: 4096
 TINY_CLIP_WIDTH = 32  # CLIP-L: 768
-T5_MAX_LENGTH = {"dev": 512, "schnell": 256}
-# FLUX.1's scheduler configs (the models' scheduler/scheduler_config.json): dev shifts by resolution.
-SCHEDULER_CONFIGS = {
-    "dev": {
-        "num_train_timesteps": 1000,
-        "shift": 3.0,
-        "use_dynamic_shifting": True,
-        "base_shift": 0.5,
-        "max_shift": 1.15,
-        "base_image_seq_len": 256,
-        "max_image_seq_len": 4096,
-    },
-    "schnell": {"num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": False},
-}
 TRANSFORMER_FILE = {"dev": "flux1-dev.safetensors", "schnell": "flux1-schnell.safetensors"}
 VAE_FILE = "ae.safetensors"
 CLIP_FILE = "clip_l.safetensors"

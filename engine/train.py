@@ -165,6 +165,7 @@ class Trainer:
 
         from engine.devices import Parking, enable_tf32, use_channels_last
         from engine.families import load_base_model
+        from engine.families.flux import flux_options
         from engine.latents import LatentCache
         from engine.lora import add_lora, load_lora_file_into, lora_parameters, text_encoder_parameters
         from engine.parking import offloadable_parts
@@ -190,7 +191,9 @@ class Trainer:
             check_tensorboard_installed()
         enable_tf32(self.device)
 
-        model = load_base_model(a.model.path, prediction=a.model.prediction, tokenizer=a.model.tokenizer, vae=a.model.vae)
+        model = load_base_model(
+            a.model.path, prediction=a.model.prediction, tokenizer=a.model.tokenizer, vae=a.model.vae, flux=flux_options(a.model, a.training)
+        )
         self.model = model
         # Frozen base weights in the training precision on a GPU (as kohya: only the LoRA weights
         # are fp32). The base model's VAE stays fp32 (SDXL's overflows in fp16: kohya's
@@ -225,7 +228,7 @@ class Trainer:
                 self.encode_captions([e.caption for e in self.examples])
         self.parking.park(parked & {"text_encoders"})
 
-        model.denoiser.to(self.device, dtype=weight_dtype).requires_grad_(False)
+        self.place_denoiser(weight_dtype)
         if use_channels_last(self.device, a.training.channels_last):
             model.denoiser.to(memory_format=torch.channels_last)  # before the LoRA layers: those stay contiguous
         # The LoRA's initial (random) down weights come from the global generator: seed it.
@@ -237,24 +240,46 @@ class Trainer:
         for param in (*self.denoiser_params, *self.te_params):
             param.data = param.data.float()
         model.denoiser.train()
+        trained_encoders = model.family.trainable_text_encoders(model) if a.network.train_text_encoder else []
         for encoder in model.text_encoders:
-            encoder.train(a.network.train_text_encoder)
-        if a.training.gradient_checkpointing:
+            encoder.train(any(encoder is trained for trained in trained_encoders))
+        if a.training.gradient_checkpointing or a.training.offload_blocks:
             model.denoiser.enable_gradient_checkpointing()
-            if a.network.train_text_encoder:
-                for encoder in model.text_encoders:
-                    encoder.gradient_checkpointing_enable()
+            for encoder in trained_encoders:
+                encoder.gradient_checkpointing_enable()
 
         self.optimizer = build_optimizer(a, self.denoiser_params, text_encoder_parameters(model), device_type)
         self.lr_scheduler = build_lr_scheduler(a, self.optimizer, self.plan.total_steps)
         # Parked text encoders stay out of `prepare`: it would move them back to the GPU, and they
         # only run again for sample images, which use the unwrapped model anyway.
         encoders_in_loop = [] if "text_encoders" in self.parking.parked else list(model.text_encoders)
-        model.denoiser, *prepared_encoders, self.optimizer = self.accelerator.prepare(model.denoiser, *encoders_in_loop, self.optimizer)
+        # Group offloading places the blocks itself: accelerate must not move the whole denoiser over.
+        offloaded = a.training.offload_blocks and self.device.type == "cuda"
+        placement = [not offloaded] + [True] * (len(encoders_in_loop) + 1)
+        model.denoiser, *prepared_encoders, self.optimizer = self.accelerator.prepare(
+            model.denoiser, *encoders_in_loop, self.optimizer, device_placement=placement
+        )
         if encoders_in_loop:
             model.text_encoders = prepared_encoders
         if a.training.compile:
             model.denoiser.compile()  # in place: the module and its parameter names stay as they are
+
+    def place_denoiser(self, weight_dtype: torch.dtype) -> None:
+        """The frozen denoiser on the device in the training precision; with `fp8_base` stored in
+        float8 and widened per layer, with `offload_blocks` its blocks in host memory until they run
+        (diffusers' mechanisms: engine/families/flux_memory.py)."""
+        from engine.families.flux_memory import offload_blocks, store_in_fp8
+
+        training = self.answers.training
+        denoiser = self.model.denoiser
+        if training.offload_blocks and self.device.type == "cuda":
+            denoiser.to(dtype=weight_dtype)
+            offload_blocks(denoiser, self.device)
+        else:
+            denoiser.to(self.device, dtype=weight_dtype)
+        denoiser.requires_grad_(False)
+        if training.fp8_base:
+            store_in_fp8(denoiser, weight_dtype)
 
     def cache_all_latents(self) -> None:
         """Encode every image (and its mirror when flipping) once; on a GPU the images are decoded

@@ -169,3 +169,16 @@ def tiny_flux(tmp_path_factory):
     from engine.tiny_flux import write_tiny_flux_files
 
     return write_tiny_flux_files(tmp_path_factory.mktemp("tiny-flux"), variant="dev")
+
+
+def write_flux_answers(folder: Path, files, train: Path, reg: Path | None = None, *, model: dict | None = None, **sections) -> Path:
+    """An answers file for a FLUX.1 model in kohya's four files (`files`: engine.tiny_flux.FluxFiles);
+    `model` overrides `[model]` keys (e.g. a wrong file in a slot), `sections` as for write_answers."""
+    import tomli_w
+    import tomllib
+
+    path = write_answers(folder, files.transformer, train, reg, **sections)
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    data["model"].update({"ae": str(files.vae), "clip_l": str(files.clip), "t5xxl": str(files.t5)}, **(model or {}))
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    return path

@@ -24,12 +24,13 @@ DEFAULT_FAMILY = "sd1"  # the seed article's model, when no answers file names o
 def model_and_dataset_items(answers: Answers) -> tuple[list[CheckItem], str, int | None]:
     """The base model and dataset items, the model's family, and the run's step count."""
     from engine.families import inspect_base_model
+    from engine.families.flux import flux_options
 
     items = []
     family = DEFAULT_FAMILY
     label = FAMILY_COSTS[family].label
     try:
-        info = inspect_base_model(answers.model.path, answers.model.tokenizer)
+        info = inspect_base_model(answers.model.path, answers.model.tokenizer, flux=flux_options(answers.model, answers.training))
     except UserError as exc:
         items.append(CheckItem("run.model", "run", "Base model", "fail", exc.message, exc.fix))
         items.append(CheckItem("run.tokenizer", "run", "Tokenizer", "warn", "not checked: the base model is not readable", None))

@@ -90,16 +90,49 @@ class ModelFamily:
         """kohya's key stem for module `module_path` of text encoder `index`."""
         raise NotImplementedError
 
+    # --- what a family may do differently; the defaults are SD 1.x / 2.x / SDXL's -------------------
+
+    network_module: str = "networks.lora"  # kohya's ss_network_module of this family's LoRAs
+    modelspec_implementation: str = ""  # modelspec.implementation when not SD's (diffusers / SGM)
+
+    def lora_targets(self, denoiser: Any) -> list[str] | None:
+        """The denoiser's modules that get a LoRA; None: kohya's default UNet targets (engine/lora.py)."""
+        return None
+
+    def trainable_text_encoders(self, model: LoadedModel) -> list[Any]:
+        """The text encoders a LoRA may train (FLUX.1: CLIP-L, never T5)."""
+        return list(model.text_encoders)
+
+    def kohya_tensors(self, denoiser_layers: list[tuple[str, Any]], text_layers: list[tuple[str, Any]], dtype: Any) -> dict[str, Any] | None:
+        """The LoRA file's tensors from (module path, peft layer) pairs, when the family writes them
+        other than one kohya module per trained layer (FLUX.1 fuses q, k and v); None: the default."""
+        return None
+
+    def lora_metadata(self, answers: Any) -> dict[str, str]:
+        """Family-specific `ss_*` keys of the LoRA file, on top of the common ones."""
+        return {}
+
 
 def load_base_model(
-    path: str | Path, *, prediction: str = "auto", tokenizer: str | Path | None = None, vae: str | Path | None = None
+    path: str | Path,
+    *,
+    prediction: str = "auto",
+    tokenizer: str | Path | None = None,
+    vae: str | Path | None = None,
+    flux: Any = None,
 ) -> LoadedModel:
     """Load a base model from a diffusers folder or a single .safetensors / .ckpt file, offline;
-    with `vae`, that VAE (folder or file, engine/families/vae.py) replaces the model's own."""
+    with `vae`, that VAE (folder or file, engine/families/vae.py) replaces the model's own.
+    A FLUX.1 model (engine/families/flux.py) takes its other files and settings from `flux`
+    (a FluxOptions, from `flux_options(answers.model, answers.training)`)."""
+    from engine.families.flux import FluxOptions, is_flux_model, load_flux_model
     from engine.families.sd import load_sd_model
     from engine.library_logs import silence_known_noise
 
     silence_known_noise()
+    if is_flux_model(Path(path)):
+        options = flux if flux is not None else FluxOptions(tokenizer=Path(tokenizer) if tokenizer else None)
+        return load_flux_model(Path(path), options)
 
     model = load_sd_model(Path(path), prediction=prediction, tokenizer_dir=Path(tokenizer) if tokenizer else None)
     if vae is not None:
@@ -114,7 +147,7 @@ def load_base_model(
 class ModelInfo:
     """What a base model is, found cheaply (no weights read): for `--dry-run` and the wizard."""
 
-    family: str  # "sd1", "sd2", "sdxl"
+    family: str  # "sd1", "sd2", "sdxl", "flux1-dev", "flux1-schnell"
     label: str  # "SD 1.x"
     layout: str  # "diffusers folder" or "single file"
     prediction: str  # "epsilon", "v_prediction" or "unknown" (an SD 2.x file decided only when loading)
@@ -124,8 +157,13 @@ class ModelInfo:
     source: Path
 
 
-def inspect_base_model(path: str | Path, tokenizer: str | Path | None = None) -> ModelInfo:
-    """Family, layout, prediction type and tokenizer of a base model, from headers and configs only."""
+def inspect_base_model(path: str | Path, tokenizer: str | Path | None = None, *, flux: Any = None) -> ModelInfo:
+    """Family, layout, prediction type and tokenizer of a base model, from headers and configs only.
+    A FLUX.1 model's other files come from `flux` (a FluxOptions), as for `load_base_model`."""
+    from engine.families.flux import FluxOptions, inspect_flux, is_flux_model
     from engine.families.single_file import inspect_base_model as inspect
+
+    if is_flux_model(Path(path)):
+        return inspect_flux(Path(path), flux if flux is not None else FluxOptions(tokenizer=Path(tokenizer) if tokenizer else None))
 
     return inspect(Path(path), tokenizer=Path(tokenizer) if tokenizer else None)

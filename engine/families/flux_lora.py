@@ -113,7 +113,7 @@ def fused_rank_note(rank: int) -> str:
 
 
 @dataclass(frozen=True)
-class FlowSettings:
+class FluxLoraSettings:
     """The flow-matching settings a FLUX.1 LoRA was trained with, as kohya records them."""
 
     variant: str  # "dev" or "schnell"
@@ -125,7 +125,7 @@ class FlowSettings:
     t5_max_length: int
 
 
-def flux_metadata(settings: FlowSettings, rank: int) -> dict[str, str]:
+def flux_metadata(settings: FluxLoraSettings, rank: int) -> dict[str, str]:
     """kohya's FLUX-specific `ss_*` keys and modelspec.architecture (the common keys come from engine/lora.py)."""
     return {
         "ss_base_model_version": BASE_MODEL_VERSION,

@@ -9,6 +9,7 @@ from typing import Any
 from engine.errors import ModelFileError
 from engine.families import LoadedModel, ModelFamily
 from engine.families.diffusers_folder import check_weight_files, read_unet_config, training_scheduler
+from engine.families.flux import FLUX_DEV, FLUX_SCHNELL
 from engine.families.objectives import NoisePrediction
 from engine.families.sdxl import SDXL, check_sdxl_folder, is_sdxl_unet_config, load_sdxl_folder
 
@@ -53,7 +54,7 @@ class StableDiffusion2(StableDiffusion1):
     default_resolution = 512
 
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (StableDiffusion1(), StableDiffusion2(), SDXL)}
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (StableDiffusion1(), StableDiffusion2(), SDXL, FLUX_DEV, FLUX_SCHNELL)}
 
 
 def family_from_unet_config(config: dict[str, Any], folder: Path | None = None) -> ModelFamily:

@@ -223,3 +223,50 @@ def test_the_file_loads_through_diffusers_and_its_effect_is_the_trained_models(t
         effect = (want - was).norm()
         assert effect > 0.05 * was.norm()  # the LoRA changes the output
         assert (got - want).norm() < 0.02 * effect, ((got - want).norm(), effect)
+
+
+def test_a_kohya_file_loads_back_into_the_tiny_pipeline_with_the_trained_effect():
+    """For generate and samples at any width: the kohya file split back onto diffusers' layers
+    (engine/families/flux_sampling.py) and loaded with FluxPipeline.load_lora_weights."""
+    from diffusers import FluxPipeline
+
+    from engine.families.flux_sampling import kohya_to_diffusers
+    from engine.tiny_flux import tiny_flux_transformer
+
+    base = tiny_flux_transformer().eval()
+    trained = copy.deepcopy(base)
+    _inject(trained, transformer_lora_targets(trained))
+    _randomize(trained, dtype=torch.float32)
+    tensors = kohya_flux_state_dict(_trained_layers(trained), dtype=torch.float32)
+    converted, unmatched = kohya_to_diffusers(tensors, base)
+    assert unmatched == []
+    assert (
+        converted["transformer.transformer_blocks.0.attn.to_k.lora_A.weight"].shape[0] == RANK
+    )  # block-diagonal: split exactly
+    pipeline = FluxPipeline(
+        scheduler=None,
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=base,
+    )
+    pipeline.load_lora_weights(converted)
+    generator = torch.Generator().manual_seed(2)
+    inputs = dict(
+        hidden_states=torch.randn(1, 16, 64, generator=generator),
+        encoder_hidden_states=torch.randn(1, 8, 32, generator=generator),
+        pooled_projections=torch.randn(1, 32, generator=generator),
+        timestep=torch.tensor([0.4]),
+        img_ids=torch.zeros(16, 3),
+        txt_ids=torch.zeros(8, 3),
+        guidance=torch.tensor([1.0]),
+        return_dict=False,
+    )
+    with torch.no_grad():
+        expected, loaded = trained(**inputs)[0], base(**inputs)[0]
+        base.disable_lora()
+        before = base(**inputs)[0]
+    assert (expected - before).norm() > 0.05 * before.norm()
+    assert (loaded - expected).norm() < 1e-4 * (expected - before).norm()

@@ -1,4 +1,4 @@
-"""`lora-wizard demo [DIR] [--sdxl]`: a tiny model, dataset and answers file, built offline in seconds."""
+"""`lora-wizard demo [DIR] [--sdxl | --flux]`: a tiny model, dataset and answers file, built offline in seconds."""
 
 from __future__ import annotations
 
@@ -13,17 +13,19 @@ from tui_lora.follow_up import AppExit
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="build a tiny offline demo (model, dataset, answers) and open the wizard on it")
     parser.add_argument("folder", type=Path, nargs="?", default=None, metavar="DIR",
-                        help="where to build it (default: lora-wizard-demo, or lora-wizard-sdxl-demo with --sdxl)")
+                        help="where to build it (default: lora-wizard-demo, lora-wizard-sdxl-demo with --sdxl, lora-wizard-flux-demo with --flux)")
     parser.add_argument("--headless", action="store_true", help="train it straight away, without the wizard")
-    parser.add_argument("--sdxl", action="store_true", help="a tiny SDXL-shaped model instead of an SD 1.x one")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--sdxl", action="store_true", help="a tiny SDXL-shaped model instead of an SD 1.x one")
+    kind.add_argument("--flux", action="store_true", help="a tiny FLUX.1 dev model in kohya's four single files")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int | AppExit:
     from engine.demo import create_demo
 
-    folder = args.folder or Path("lora-wizard-sdxl-demo" if args.sdxl else "lora-wizard-demo")
-    answers_path = create_demo(folder, sdxl=args.sdxl)
+    default = "lora-wizard-flux-demo" if args.flux else "lora-wizard-sdxl-demo" if args.sdxl else "lora-wizard-demo"
+    answers_path = create_demo(args.folder or Path(default), sdxl=args.sdxl, flux=args.flux)
     if args.headless:
         from engine.plan import prepare_plan
         from engine.runs import create_run_folder
