@@ -130,7 +130,7 @@ def load_base_model(
     from engine.library_logs import silence_known_noise
 
     silence_known_noise()
-    if is_flux_model(Path(path)):
+    if is_flux_model(Path(path), flux):
         options = flux if flux is not None else FluxOptions(tokenizer=Path(tokenizer) if tokenizer else None)
         return load_flux_model(Path(path), options)
 
@@ -163,7 +163,7 @@ def inspect_base_model(path: str | Path, tokenizer: str | Path | None = None, *,
     from engine.families.flux import FluxOptions, inspect_flux, is_flux_model
     from engine.families.single_file import inspect_base_model as inspect
 
-    if is_flux_model(Path(path)):
+    if is_flux_model(Path(path), flux):
         return inspect_flux(Path(path), flux if flux is not None else FluxOptions(tokenizer=Path(tokenizer) if tokenizer else None))
 
     return inspect(Path(path), tokenizer=Path(tokenizer) if tokenizer else None)

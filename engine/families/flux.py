@@ -183,6 +183,11 @@ class FluxOptions:
     t5_attention_mask: bool = False
     flow: FlowSettings = FlowSettings()
 
+    @property
+    def names_flux_files(self) -> bool:
+        """The answers name FLUX.1's other files: `[model] path` is meant to be a FLUX.1 transformer."""
+        return any(path is not None for path in (self.ae, self.clip_l, self.t5xxl))
+
 
 def _model(parts: dict[str, Any], variant: str, options: FluxOptions, source: Path, note: str) -> LoadedModel:
     family = Flux1(variant, t5_max_length=options.t5_max_length, t5_attention_mask=options.t5_attention_mask)
@@ -300,7 +305,10 @@ def is_flux_transformer_file(path: Path) -> bool:
         return False
 
 
-def is_flux_model(path: Path) -> bool:
+def is_flux_model(path: Path, options: FluxOptions | None = None) -> bool:
+    """A FLUX.1 folder or transformer file, or a path the answers mean as one (they name its other files)."""
+    if options is not None and options.names_flux_files and not path.is_dir():
+        return True
     return is_flux_folder(path) if path.is_dir() else is_flux_transformer_file(path)
 
 
