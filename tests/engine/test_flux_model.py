@@ -135,3 +135,19 @@ def test_the_objective_noises_toward_the_velocity_target():
         .noised(latents, [3, 7], training)
         .conditioning
     )
+
+
+def test_generate_loads_a_flux_model_as_the_answers_name_it(tmp_path, written):
+    """`generate --answers FILE` passes FLUX.1's other files on to loading (tui_lora/commands/base_model.py)."""
+    import argparse
+
+    from engine.config import load_answers
+    from tests.conftest import write_flux_answers
+    from tui_lora.commands.base_model import base_model
+
+    _, files = written
+    (tmp_path / "train" / "1_x").mkdir(parents=True)
+    answers = load_answers(write_flux_answers(tmp_path, files, tmp_path / "train"), check_paths=False)
+    base = base_model(argparse.Namespace(model=None, tokenizer=None, vae=None, clip_skip=None), answers, no_model_fix="")
+    assert (base.flux.ae, base.flux.clip_l, base.flux.t5xxl) == (files.vae, files.clip, files.t5)
+    assert base.flux.flow.discrete_flow_shift == 3.1582

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.config import Answers
@@ -23,12 +23,14 @@ class BaseModel:
     vae: Path | None = None
     clip_skip: int = 1
     resolution: int | None = None  # None: the model family's
+    flux: Any = None  # FLUX.1's other files and settings (engine.families.flux.FluxOptions), from the answers
 
     def load(self, device: str | None) -> ImageMaker:
         from engine.sampling import ImageMaker
 
         return ImageMaker.from_path(
-            self.path, device=device, tokenizer=self.tokenizer, prediction=self.prediction, clip_skip=self.clip_skip, vae=self.vae
+            self.path, device=device, tokenizer=self.tokenizer, prediction=self.prediction, clip_skip=self.clip_skip, vae=self.vae,
+            flux=self.flux,
         )
 
 
@@ -50,11 +52,18 @@ def base_model(args: argparse.Namespace, answers: Answers | None, *, no_model_fi
             vae=model.vae,
             clip_skip=answers.training.clip_skip,
             resolution=answers.dataset.resolution,
+            flux=_flux_options(answers),
         )
         if args.model is not None:
-            base.path, base.tokenizer, base.prediction = args.model, None, "auto"
+            base.path, base.tokenizer, base.prediction, base.flux = args.model, None, "auto", None
     for option in ("tokenizer", "vae", "clip_skip"):
         value = getattr(args, option, None)  # `reg generate` has no --tokenizer or --clip-skip
         if value is not None:
             setattr(base, option, value)
     return base
+
+
+def _flux_options(answers: Answers) -> Any:
+    from engine.families.flux import flux_options  # light: no torch at import
+
+    return flux_options(answers.model, answers.training)
