@@ -138,6 +138,10 @@ def prepare_plan(answers: Answers, *, for_resume: bool = False) -> TrainingPlan:
             fix="set `[model] tokenizer` to a folder holding vocab.json and merges.txt",
         )
     plan = plan_training(answers, family_label=info.label, default_resolution=FAMILIES[info.family].default_resolution)
+    if info.family.startswith("flux1"):
+        from engine.families.flux import check_flux_answers
+
+        check_flux_answers(answers, plan.resolution)
     if answers.samples.enabled:
         from engine.sampling import prompts_from_answers
 

@@ -347,3 +347,28 @@ def inspect_flux(path: Path, options: FluxOptions) -> Any:
         tokenizer_note=note,
         source=path,
     )
+
+
+PACKED_SIDE = 16  # pixels per packed token side: the VAE's 8x, then FLUX's 2x2 packing
+
+
+def check_flux_answers(answers: Any, resolution: int) -> None:
+    """What FLUX.1 training needs of the answers beyond their schema, before anything loads."""
+    from engine.errors import AnswersError
+
+    dataset = answers.dataset
+    if resolution % PACKED_SIDE:
+        raise AnswersError(
+            f"`dataset.resolution = {resolution}`: FLUX.1 packs latents 2x2, so sides must be multiples of {PACKED_SIDE}",
+            fix=f"use {resolution - resolution % PACKED_SIDE} or {resolution - resolution % PACKED_SIDE + PACKED_SIDE}",
+        )
+    if dataset.buckets and dataset.bucket_step % PACKED_SIDE:
+        raise AnswersError(
+            f"`dataset.bucket_step = {dataset.bucket_step}`: FLUX.1 bucket sides must be multiples of {PACKED_SIDE}",
+            fix="use 64 (kohya's default)",
+        )
+    if answers.network.init_from is not None:
+        raise AnswersError(
+            "`network.init_from`: starting from an existing LoRA is not supported for FLUX.1 yet",
+            fix="remove `init_from` (the LoRA starts fresh)",
+        )

@@ -123,3 +123,13 @@ def test_images_from_the_base_model_and_the_trained_lora(tiny_flux, trained):
     assert with_lora.tobytes() != base[0].tobytes()
     maker.set_lora_weights({})
     assert maker.images(prompt, [1])[0].tobytes() == base[0].tobytes()
+
+
+def test_sides_that_do_not_pack_are_refused_before_anything_loads(tmp_path, tiny_flux, tiny_dataset):
+    from engine.config import load_answers
+    from engine.errors import AnswersError
+    from engine.plan import prepare_plan
+
+    answers = flux_answers(tmp_path, tiny_flux, tiny_dataset[0], dataset={"resolution": 72})
+    with pytest.raises(AnswersError, match="multiples of 16"):
+        prepare_plan(load_answers(answers))
