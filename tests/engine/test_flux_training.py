@@ -133,3 +133,15 @@ def test_sides_that_do_not_pack_are_refused_before_anything_loads(tmp_path, tiny
     answers = flux_answers(tmp_path, tiny_flux, tiny_dataset[0], dataset={"resolution": 72})
     with pytest.raises(AnswersError, match="multiples of 16"):
         prepare_plan(load_answers(answers))
+
+
+def test_two_processes_train_as_one_with_the_doubled_batch(tmp_path, tiny_flux, tiny_dataset):
+    from tests.engine.test_multiprocess import relative_difference, run
+
+    lora = {}
+    for processes, batch_size in ((2, 1), (1, 2)):
+        folder = tmp_path / f"p{processes}"
+        training = {**SETTINGS["training"], "max_steps": 3, "processes": processes, "batch_size": batch_size}
+        run("train", str(flux_answers(folder, tiny_flux, tiny_dataset[0], training=training, output={"dtype": "fp32"})))
+        lora[processes] = load_file(folder / "output" / "tiny.safetensors")
+    assert relative_difference(lora[1], lora[2]) < 1e-5
