@@ -194,9 +194,10 @@ def kohya_state_dict(model: LoadedModel, *, dtype: torch.dtype) -> dict[str, tor
     """
     import torch
 
-    family_tensors = model.family.kohya_tensors(
-        list(_lora_layers(model.denoiser)), [pair for encoder in model.text_encoders for pair in _lora_layers(encoder)], dtype
-    )
+    def trained(module: Any) -> list[tuple[str, Any, Any, float]]:
+        return [(path, layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight, float(layer.lora_alpha[ADAPTER])) for path, layer in _lora_layers(module)]
+
+    family_tensors = model.family.kohya_tensors(trained(model.denoiser), [layer for encoder in model.text_encoders for layer in trained(encoder)], dtype)
     if family_tensors is not None:
         return family_tensors
     tensors: dict[str, torch.Tensor] = {}

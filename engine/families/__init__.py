@@ -103,9 +103,10 @@ class ModelFamily:
         """The text encoders a LoRA may train (FLUX.1: CLIP-L, never T5)."""
         return list(model.text_encoders)
 
-    def kohya_tensors(self, denoiser_layers: list[tuple[str, Any]], text_layers: list[tuple[str, Any]], dtype: Any) -> dict[str, Any] | None:
-        """The LoRA file's tensors from (module path, peft layer) pairs, when the family writes them
-        other than one kohya module per trained layer (FLUX.1 fuses q, k and v); None: the default."""
+    def kohya_tensors(self, denoiser_layers: list[tuple[str, Any, Any, float]], text_layers: list[tuple[str, Any, Any, float]], dtype: Any) -> dict[str, Any] | None:
+        """The LoRA file's tensors from (module path, lora_A weight, lora_B weight, alpha) of each
+        trained layer, when the family writes them other than one kohya module per trained layer
+        (FLUX.1 fuses q, k and v); None: the default."""
         return None
 
     def lora_metadata(self, answers: Any) -> dict[str, str]:

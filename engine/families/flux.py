@@ -142,16 +142,17 @@ class Flux1(ModelFamily):
     def trainable_text_encoders(self, model: LoadedModel) -> list[Any]:
         return model.text_encoders[:1]  # CLIP-L; kohya trains T5 only on request, this tool never
 
-    def kohya_tensors(self, denoiser_layers: list[tuple[str, Any]], text_layers: list[tuple[str, Any]], dtype: Any) -> dict[str, Any]:
-        from engine.lora import ADAPTER
-
-        def trained(pairs: list[tuple[str, Any]]) -> list[TrainedLayer]:
-            return [
-                TrainedLayer(path, layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight, float(layer.lora_alpha[ADAPTER]))
-                for path, layer in pairs
-            ]
-
-        return kohya_flux_state_dict(trained(denoiser_layers), trained(text_layers), dtype=dtype)
+    def kohya_tensors(
+        self,
+        denoiser_layers: list[tuple[str, Any, Any, float]],
+        text_layers: list[tuple[str, Any, Any, float]],
+        dtype: Any,
+    ) -> dict[str, Any]:
+        return kohya_flux_state_dict(
+            [TrainedLayer(*layer) for layer in denoiser_layers],
+            [TrainedLayer(*layer) for layer in text_layers],
+            dtype=dtype,
+        )
 
     def lora_metadata(self, answers: Any) -> dict[str, str]:
         training = answers.training
@@ -321,9 +322,17 @@ def inspect_flux(path: Path, options: FluxOptions) -> Any:
         try:
             config = json.loads((path / "transformer" / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            raise ModelFileError("this FLUX.1 diffusers folder has no readable transformer/config.json", where=path, fix="copy the complete model folder") from None
+            raise ModelFileError(
+                "this FLUX.1 diffusers folder has no readable transformer/config.json",
+                where=path,
+                fix="copy the complete model folder",
+            ) from None
         variant = "dev" if config.get("guidance_embeds") else "schnell"
-        layout, tokenizer, note = "diffusers folder", path / "tokenizer", "the model's own tokenizer/ and tokenizer_2/ folders"
+        layout, tokenizer, note = (
+            "diffusers folder",
+            path / "tokenizer",
+            "the model's own tokenizer/ and tokenizer_2/ folders",
+        )
     else:
         for slot in ("ae", "clip_l", "t5xxl"):
             if getattr(options, slot) is None:
