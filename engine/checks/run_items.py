@@ -39,6 +39,14 @@ def model_and_dataset_items(answers: Answers) -> tuple[list[CheckItem], str, int
             family, label = info.family, info.label
         items.append(CheckItem("run.model", "run", "Base model", "ok", f"{info.label}, {info.layout}, predicts {info.prediction}: {answers.model.path}"))
         items.append(_tokenizer_item(info.tokenizer, info.tokenizer_note))
+        if info.family not in FAMILY_COSTS:
+            items.append(
+                CheckItem(
+                    "run.estimate_family", "run", "Estimate figures", "warn",
+                    f"no cost figures for {info.label} yet: the VRAM and time estimate below uses {label}'s, far below what {info.label} needs",
+                    "see docs/flux.md for FLUX.1's memory settings (fp8_base, offload_blocks, gradient_checkpointing)",
+                )
+            )
     steps = None
     try:
         from engine.plan import plan_training
