@@ -30,6 +30,15 @@ class FamilyCost:
     vae_encode_gib: float  # the tensors alive while the fp32 VAE encodes one image (its weights aside)
     vae_decode_gib: float  # ... while the fp32 VAE decodes one image (a sample)
     unet_sampling_gib: float  # ... while the fp32 UNet denoises one image with guidance (a batch of 2)
+    # The denoiser's blocks that `[training] offload_blocks` keeps in host memory (FLUX.1's double and
+    # single blocks), and the largest one: with offloading, two of them are on the GPU (the one that
+    # runs and the next, copied ahead). 0: the family has no block offloading.
+    offloadable_params: int = 0
+    largest_block_params: int = 0
+    # RAM per frozen parameter while loading: SD files are converted to diffusers in fp32 (the
+    # file's tensors and the built model, 2 x 4 bytes); FLUX.1's parts are read straight into the
+    # load dtype (bf16: 2 x 2 bytes).
+    load_bytes_per_param: int = 8
 
     @property
     def frozen_params(self) -> int:
@@ -83,6 +92,34 @@ FAMILY_COSTS: dict[str, FamilyCost] = {
         vae_decode_gib=3.0, unet_sampling_gib=0.616,
     ),
 }
+
+# FLUX.1, counted on the meta device from diffusers' FluxTransformer2DModel config of FLUX.1 [dev]
+# (its defaults with guidance_embeds; [schnell] has no guidance embedder), T5-XXL's encoder
+# (google/t5-v1_1-xxl: d_model 4096, d_ff 10240, 24 layers, 64 heads) with CLIP-L, and the 16-channel
+# autoencoder (ae.safetensors): tests/engine/test_estimate_sources.py recounts them. LoRA targets:
+# every Linear of the 19 double and 38 single blocks (engine/families/flux_lora.py, kohya's
+# lora_flux); CLIP-L's as SD 1.x's. Offloading: the 57 blocks hold 11,837,283,328 parameters, the
+# largest (a double block) 339,831,296; 64,125,024 (dev) stay on the GPU outside them.
+# TFLOP: the transformer's forward pass at 1024 px (4,096 image + 512 text tokens), 74.4 TFLOP as
+# torch's FlopCounterMode counts it on the meta device; a LoRA step ~2x forward (as SD's). The
+# figures are dev's (T5 512 tokens); schnell's 256 tokens cost a little less.
+# Activations, derived (not measured): with checkpointing the 57 blocks' inputs (4,608 tokens x 3,072
+# x bf16 = 27 MiB each, 1.5 GiB) plus one block recomputed with its gradients (~1 GiB); without,
+# what each block saves for backward (about 60 bf16 values of 3,072 width per token: ~0.52 GiB a
+# block, 29.5 GiB). Sampling: one transformer pass (dev is guidance-distilled: 1 latent, no
+# classifier-free batch of 2), counted like SD's.
+_FLUX_TEXT_ENCODERS = 123_060_480 + 4_762_310_656  # CLIP-L + T5-XXL's encoder
+for _family, _label, _transformer in (
+    ("flux1-dev", "FLUX.1 dev", 11_901_408_320),
+    ("flux1-schnell", "FLUX.1 schnell", 11_891_178_560),
+):
+    FAMILY_COSTS[_family] = FamilyCost(
+        _family, _label, 1024, unet_params=_transformer, text_encoder_params=_FLUX_TEXT_ENCODERS, vae_params=83_819_683,
+        lora_params_per_rank_unet=5_369_856, lora_params_per_rank_text_encoders=165_888, tflop_per_image=148.8,
+        vae_encode_tflop=4.52, activations_gib=29.5, activations_checkpointed_gib=2.5, vae_encode_gib=2.51,
+        vae_decode_gib=3.0, unet_sampling_gib=0.804, offloadable_params=11_837_283_328,
+        largest_block_params=339_831_296, load_bytes_per_param=4,
+    )
 
 # The CUDA context plus cuBLAS / cuDNN workspaces of one process (assumed, typically 0.3-0.6 GB).
 CUDA_CONTEXT_GIB = 0.5

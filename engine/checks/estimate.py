@@ -75,6 +75,8 @@ class TrainingSetup:
     captions_vary: bool = False  # tags shuffled or captions dropped: the text encoders' outputs are not cached
     fp16_safe_vae: bool = False  # `[model] vae` given: the VAE runs in the training precision, else fp32
     samples: bool = False  # sample images during training (`[samples]`), at the training resolution
+    fp8_base: bool = False  # `[training] fp8_base`: the frozen denoiser stored in fp8, 1 byte a weight
+    offload_blocks: bool = False  # `[training] offload_blocks`: the denoiser's blocks wait in host memory
 
     @property
     def half_precision_frozen_weights(self) -> bool:
@@ -149,10 +151,19 @@ def frozen_part_bytes(setup: TrainingSetup) -> dict[str, float]:
     fp16); a VAE from `[model] vae` is taken to be fp16-safe and runs in the training precision."""
     cost = setup.cost
     return {
-        "unet": cost.unet_params * _weight_bytes(setup),
+        "unet": resident_denoiser_params(setup) * (1 if setup.fp8_base else _weight_bytes(setup)),
         "text_encoders": cost.text_encoder_params * _weight_bytes(setup),
         "vae": cost.vae_params * _vae_bytes(setup),
     }
+
+
+def resident_denoiser_params(setup: TrainingSetup) -> int:
+    """The frozen denoiser's parameters on the GPU: all of them, or with `offload_blocks` those
+    outside the blocks plus two blocks (the one running and the next, copied ahead)."""
+    cost = setup.cost
+    if not (setup.offload_blocks and cost.offloadable_params):
+        return cost.unet_params
+    return cost.unet_params - cost.offloadable_params + 2 * cost.largest_block_params
 
 
 def _weight_bytes(setup: TrainingSetup) -> int:
@@ -321,13 +332,15 @@ def ram_needed_to_load(family: str, platform: str) -> tuple[int, str]:
     cost = FAMILY_COSTS[family]
     # A single-file checkpoint converted to diffusers briefly holds the file's tensors and the
     # built model (2 x fp32 weights), plus the torch / CUDA runtime (assumed 4 GiB).
-    arithmetic = int(2 * 4 * cost.frozen_params + 4 * GiB)
+    arithmetic = int(cost.load_bytes_per_param * cost.frozen_params + 4 * GiB)
     if platform == "win32":
         # The seed article: kohya on Windows fails with "paging file too small" below about 80 GB
         # of RAM + paging file; Windows commits memory for every process without overcommit.
         article = 80 * GB
         if article > arithmetic:
             return article, "the seed article: RAM + paging file about 80 GB on Windows"
+    if cost.load_bytes_per_param != 8:
+        return arithmetic, f"2 x the bf16 weights of {cost.label} (the file's tensors and the model) + 4 GiB for torch"
     return arithmetic, f"2 x the fp32 weights of {cost.label} (loading converts a copy) + 4 GiB for torch"
 
 

@@ -35,18 +35,10 @@ def model_and_dataset_items(answers: Answers) -> tuple[list[CheckItem], str, int
         items.append(CheckItem("run.model", "run", "Base model", "fail", exc.message, exc.fix))
         items.append(CheckItem("run.tokenizer", "run", "Tokenizer", "warn", "not checked: the base model is not readable", None))
     else:
-        if info.family in FAMILY_COSTS:  # else the estimate falls back to SD 1.x's figures
+        if info.family in FAMILY_COSTS:  # every family inspect_base_model names has figures
             family, label = info.family, info.label
         items.append(CheckItem("run.model", "run", "Base model", "ok", f"{info.label}, {info.layout}, predicts {info.prediction}: {answers.model.path}"))
         items.append(_tokenizer_item(info.tokenizer, info.tokenizer_note))
-        if info.family not in FAMILY_COSTS:
-            items.append(
-                CheckItem(
-                    "run.estimate_family", "run", "Estimate figures", "warn",
-                    f"no cost figures for {info.label} yet: the VRAM and time estimate below uses {label}'s, far below what {info.label} needs",
-                    "see docs/flux.md for FLUX.1's memory settings (fp8_base, offload_blocks, gradient_checkpointing)",
-                )
-            )
     steps = None
     try:
         from engine.plan import plan_training
@@ -230,4 +222,6 @@ def answers_setup(answers: Answers, family: str, recommendations: Recommendation
         captions_vary=captions_vary(answers),
         fp16_safe_vae=answers.model.vae is not None,
         samples=answers.samples.enabled,
+        fp8_base=training.fp8_base,
+        offload_blocks=training.offload_blocks,
     )

@@ -338,7 +338,30 @@ def test_unknown_gpu_is_estimated_from_its_architecture():
 
 
 def test_every_family_has_a_cost_row():
-    assert set(FAMILY_COSTS) == {"sd1", "sd2", "sdxl"}
+    from engine.families.sd import FAMILIES
+
+    assert set(FAMILY_COSTS) == {"sd1", "sd2", "sdxl", "flux1-dev", "flux1-schnell"} == set(FAMILIES)
+
+
+@pytest.mark.parametrize(
+    ("fp8", "offload", "low", "high"),
+    [(False, False, 25, 27), (True, False, 14, 16), (True, True, 4, 5)],
+    ids=["bf16", "fp8", "fp8+offload"],
+)
+def test_flux_vram_at_1024_px_rank_16_counts_fp8_weights_and_offloaded_blocks(fp8, offload, low, high):
+    """FLUX.1 dev at 1024 px, batch 1, rank 16, the transformer only, checkpointing, 8-bit AdamW:
+    the frozen transformer at 2 bytes a weight, 1 with fp8, and only its non-block layers plus two
+    blocks with offloading (T5 and CLIP parked after caching)."""
+    setup = TrainingSetup(
+        family="flux1-dev", resolution=1024, network_dim=16, train_text_encoder=False, mixed_precision="bf16",
+        gradient_checkpointing=True, optimizer="adamw8bit", fp8_base=fp8, offload_blocks=offload,
+    )
+    cost = FAMILY_COSTS["flux1-dev"]
+    resident = cost.unet_params - (cost.offloadable_params - 2 * cost.largest_block_params if offload else 0)
+    assert frozen_part_bytes(setup)["unet"] == resident * (1 if fp8 else 2)
+    memory = memory_phases(setup)
+    assert memory.peak_phase == "training"
+    assert low * GiB < memory.peak < high * GiB
 
 
 # --- the real machine -------------------------------------------------------------------------
@@ -582,3 +605,13 @@ def test_the_answers_estimate_counts_samples_only_when_some_are_made(samples, ex
 
     answers = answers_with(samples=samples)
     assert answers_setup(answers, "sdxl", recommend(machine(CARD_24GB), family="sdxl")).samples is expected
+
+
+def test_the_answers_estimate_takes_fp8_and_offloading_from_the_answers():
+    from engine.checks.run_items import answers_setup
+
+    recommendations = recommend(machine(CARD_24GB), family="flux1-dev")
+    plain = answers_setup(answers_with(), "flux1-dev", recommendations)
+    saving = answers_setup(answers_with(training={"fp8_base": True, "offload_blocks": True}), "flux1-dev", recommendations)
+    assert (plain.fp8_base, plain.offload_blocks, saving.fp8_base, saving.offload_blocks) == (False, False, True, True)
+    assert vram_needed(plain) - vram_needed(saving) > 20 * GiB  # of the 22 GiB bf16 transformer

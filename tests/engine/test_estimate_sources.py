@@ -14,6 +14,8 @@ from engine.checks.costs import FAMILY_COSTS, GiB
 
 CONFIGS = Path(__file__).resolve().parents[2] / "engine" / "families" / "configs"
 CONFIG_FOLDERS = {"sd1": "sd15", "sd2": "sd2", "sdxl": "sdxl"}
+SD_FAMILIES = sorted(CONFIG_FOLDERS)
+FLUX_FAMILIES = ("flux1-dev", "flux1-schnell")
 
 
 def meta_models(family: str) -> tuple:
@@ -40,7 +42,7 @@ def parameter_count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-@pytest.mark.parametrize("family", sorted(FAMILY_COSTS))
+@pytest.mark.parametrize("family", SD_FAMILIES)
 def test_parameter_counts_are_the_shipped_configs(family):
     unet, encoders, vae = meta_models(family)
     cost = FAMILY_COSTS[family]
@@ -117,7 +119,7 @@ def test_the_live_tensor_count_counts_what_is_alive_at_once():
     assert live.peak == 2 * 4096
 
 
-@pytest.mark.parametrize("family", sorted(FAMILY_COSTS))
+@pytest.mark.parametrize("family", SD_FAMILIES)
 def test_vae_encode_tensors_are_counted_as_the_table_says(family):
     import torch
 
@@ -129,7 +131,7 @@ def test_vae_encode_tensors_are_counted_as_the_table_says(family):
     assert live.peak / GiB == pytest.approx(cost.vae_encode_gib, rel=0.01)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILY_COSTS))
+@pytest.mark.parametrize("family", SD_FAMILIES)
 def test_sample_image_tensors_are_counted_as_the_table_says(family):
     """Making a sample: the UNet's guided denoising step (2 latents, no gradients) and the VAE
     decoding the image, each in fp32 at the family's resolution."""
@@ -149,4 +151,101 @@ def test_sample_image_tensors_are_counted_as_the_table_says(family):
     assert live.peak / GiB == pytest.approx(cost.unet_sampling_gib, rel=0.01)
     with torch.no_grad(), memory_efficient_attention(), live_tensor_peak()(existing=[*vae.parameters(), *vae.buffers()]) as live:
         vae.decode(latents[:1])
+    assert live.peak / GiB == pytest.approx(cost.vae_decode_gib, rel=0.01)
+
+
+# --- FLUX.1: diffusers' and transformers' configs of the released models, built on the meta device --
+
+# T5-XXL's encoder as FLUX.1 ships it (google/t5-v1_1-xxl), and the 16-channel autoencoder (ae.safetensors).
+T5_XXL = {"d_model": 4096, "d_ff": 10240, "num_layers": 24, "num_heads": 64, "d_kv": 64, "vocab_size": 32128, "feed_forward_proj": "gated-gelu"}
+FLUX_AE = {
+    "latent_channels": 16, "block_out_channels": (128, 256, 512, 512), "layers_per_block": 2,
+    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "use_quant_conv": False, "use_post_quant_conv": False,
+}
+
+
+def flux_meta_transformer(family: str):
+    """FluxTransformer2DModel's defaults are FLUX.1's shape; dev adds the guidance embedder."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    with torch.device("meta"):
+        return FluxTransformer2DModel(guidance_embeds=family == "flux1-dev")
+
+
+def flux_meta_autoencoder():
+    import torch
+    from diffusers import AutoencoderKL
+
+    with torch.device("meta"):
+        return AutoencoderKL(**FLUX_AE)
+
+
+@pytest.mark.parametrize("family", FLUX_FAMILIES)
+def test_flux_parameter_counts_are_the_released_configs(family):
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    from engine.families.flux_lora import transformer_lora_targets
+
+    cost = FAMILY_COSTS[family]
+    transformer = flux_meta_transformer(family)
+    assert cost.unet_params == parameter_count(transformer)
+    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    assert cost.offloadable_params == sum(map(parameter_count, blocks))
+    assert cost.largest_block_params == max(map(parameter_count, blocks))
+    modules = dict(transformer.named_modules())
+    lora_per_rank = sum(modules[path].in_features + modules[path].out_features for path in transformer_lora_targets(transformer))
+    assert cost.lora_params_per_rank_unet == lora_per_rank
+    with torch.device("meta"):
+        t5 = T5EncoderModel(T5Config(**T5_XXL, is_encoder_decoder=False))
+    _, (clip_l,), _ = meta_models("sd1")  # FLUX.1's CLIP-L is SD 1.x's text encoder
+    assert cost.text_encoder_params == parameter_count(t5) + parameter_count(clip_l)
+    assert cost.lora_params_per_rank_text_encoders == FAMILY_COSTS["sd1"].lora_params_per_rank_text_encoders
+    assert cost.vae_params == parameter_count(flux_meta_autoencoder())
+
+
+def flux_inputs(transformer, dtype):
+    """One 1024 px image: 64 x 64 packed latents (4,096 tokens) and dev's 512 T5 tokens."""
+    import torch
+
+    inputs = {
+        "hidden_states": torch.empty(1, 4096, 64, dtype=dtype, device="meta"),
+        "encoder_hidden_states": torch.empty(1, 512, 4096, dtype=dtype, device="meta"),
+        "pooled_projections": torch.empty(1, 768, dtype=dtype, device="meta"),
+        "timestep": torch.ones(1, device="meta"),
+        "img_ids": torch.zeros(4096, 3, device="meta"),
+        "txt_ids": torch.zeros(512, 3, device="meta"),
+    }
+    if transformer.config.guidance_embeds:
+        inputs["guidance"] = torch.ones(1, device="meta")
+    return inputs
+
+
+def test_flux_step_flops_are_twice_the_counted_forward_pass():
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    transformer = flux_meta_transformer("flux1-dev").to(torch.bfloat16)
+    with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        transformer(**flux_inputs(transformer, torch.bfloat16))
+    assert FAMILY_COSTS["flux1-dev"].tflop_per_image == pytest.approx(2 * flops.get_total_flops() / 1e12, rel=0.01)
+
+
+def test_flux_sampling_and_autoencoder_tensors_are_counted_as_the_table_says():
+    import torch
+
+    cost = FAMILY_COSTS["flux1-dev"]
+    transformer = flux_meta_transformer("flux1-dev")
+    with torch.no_grad(), memory_efficient_attention(), live_tensor_peak()(existing=[*transformer.parameters(), *transformer.buffers()]) as live:
+        transformer(**flux_inputs(transformer, torch.float32))
+    assert live.peak / GiB == pytest.approx(cost.unet_sampling_gib, rel=0.01)
+    autoencoder = flux_meta_autoencoder()
+    weights = [*autoencoder.parameters(), *autoencoder.buffers()]
+    with torch.no_grad(), memory_efficient_attention(), live_tensor_peak()(existing=weights) as live:
+        autoencoder.encode(torch.empty(1, 3, 1024, 1024, device="meta")).latent_dist.sample()
+    assert live.peak / GiB == pytest.approx(cost.vae_encode_gib, rel=0.01)
+    with torch.no_grad(), memory_efficient_attention(), live_tensor_peak()(existing=weights) as live:
+        autoencoder.decode(torch.empty(1, 16, 128, 128, device="meta"))
     assert live.peak / GiB == pytest.approx(cost.vae_decode_gib, rel=0.01)

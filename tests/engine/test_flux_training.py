@@ -147,12 +147,12 @@ def test_two_processes_train_as_one_with_the_doubled_batch(tmp_path, tiny_flux, 
     assert relative_difference(lora[1], lora[2]) < 1e-5
 
 
-def test_the_check_names_flux_and_says_its_estimate_has_no_figures(tmp_path, tiny_flux, tiny_dataset):
+def test_the_check_names_flux_and_estimates_it_with_flux_figures(tmp_path, tiny_flux, tiny_dataset):
     from engine.checks.run_items import model_and_dataset_items
     from engine.config import load_answers
 
-    items, _, steps = model_and_dataset_items(load_answers(flux_answers(tmp_path, tiny_flux, tiny_dataset[0])))
+    items, family, steps = model_and_dataset_items(load_answers(flux_answers(tmp_path, tiny_flux, tiny_dataset[0])))
     by_id = {item.id: item for item in items}
     assert by_id["run.model"].status == "ok" and by_id["run.model"].summary.startswith("FLUX.1 dev, single files")
-    assert by_id["run.estimate_family"].status == "warn" and "no cost figures for FLUX.1 dev" in by_id["run.estimate_family"].summary
+    assert family == "flux1-dev" and "run.estimate_family" not in by_id
     assert steps == STEPS
