@@ -24,6 +24,7 @@ class TrainingPlan:
     resolution: int
     family_label: str
     sizes: dict[Path, Size]  # the training size (bucket) of each image
+    denoiser_label: str = "UNet"  # the family's denoiser, for people: "UNet" or "transformer"
 
     @property
     def batches_per_epoch(self) -> int:
@@ -90,25 +91,29 @@ class TrainingPlan:
             "family": self.family_label,
             "resolution": self.resolution,
             "network": f"LoRA dim {a.network.dim}, alpha {a.network.effective_alpha:g}"
-            + (", text encoder too" if a.network.train_text_encoder else ", UNet only"),
-            "optimizer": f"{a.training.optimizer}, UNet lr {a.training.unet_lr:g}"
+            + (", text encoder too" if a.network.train_text_encoder else f", {self.denoiser_label} only"),
+            "optimizer": f"{a.training.optimizer}, {self.denoiser_label} lr {a.training.unet_lr:g}"
             + (f", text encoder lr {a.training.text_encoder_lr:g}" if a.network.train_text_encoder else ""),
             "scheduler": f"{a.training.lr_scheduler}, warmup {a.training.warmup_steps}",
             "precision": a.training.mixed_precision,
             **({"vae": str(a.model.vae)} if a.model.vae else {}),
-            **({"compile": "torch.compile the UNet (the first step compiles)"} if a.training.compile else {}),
+            **({"compile": f"torch.compile the {self.denoiser_label} (the first step compiles)"} if a.training.compile else {}),
             "latents": f"cache {a.training.cache_latents} ({a.training.latents})",
             "seed": a.training.seed,
             "output": str(a.lora_path),
         }
 
 
-def plan_training(answers: Answers, *, family_label: str = "SD 1.x", default_resolution: int = 512) -> TrainingPlan:
+def plan_training(
+    answers: Answers, *, family_label: str = "SD 1.x", default_resolution: int = 512, denoiser_label: str = "UNet"
+) -> TrainingPlan:
     dataset = plan_dataset(answers.dataset.train_dir, answers.dataset.reg_dir, caption_extension=answers.dataset.caption_extension)
     resolution = answers.dataset.resolution or default_resolution
     images = (e.path for e in (*dataset.train_examples, *dataset.reg_examples))
     sizes = assign_buckets(images, resolution, answers.dataset.bucket_settings)
-    return TrainingPlan(answers=answers, dataset=dataset, resolution=resolution, family_label=family_label, sizes=sizes)
+    return TrainingPlan(
+        answers=answers, dataset=dataset, resolution=resolution, family_label=family_label, sizes=sizes, denoiser_label=denoiser_label
+    )
 
 
 def prepare_plan(answers: Answers, *, for_resume: bool = False) -> TrainingPlan:
@@ -137,7 +142,8 @@ def prepare_plan(answers: Answers, *, for_resume: bool = False) -> TrainingPlan:
             where=info.source,
             fix="set `[model] tokenizer` to a folder holding vocab.json and merges.txt",
         )
-    plan = plan_training(answers, family_label=info.label, default_resolution=FAMILIES[info.family].default_resolution)
+    family = FAMILIES[info.family]
+    plan = plan_training(answers, family_label=info.label, default_resolution=family.default_resolution, denoiser_label=family.denoiser_label)
     if info.family.startswith("flux1"):
         from engine.families.flux import check_flux_answers
 

@@ -50,6 +50,7 @@ class ModelFamily:
     base_model_version: str = ""  # kohya's ss_base_model_version
     modelspec_architecture: str = ""  # modelspec.architecture of a LoRA for this family
     default_resolution: int = 512
+    denoiser_label: str = "UNet"  # what the family's denoiser is called, for people ("transformer")
     text_encoder_prefixes: tuple[str, ...] = ("lora_te",)
 
     def tokenize(self, model: LoadedModel, captions: list[str]) -> list[torch.Tensor]:

@@ -55,6 +55,7 @@ class Flux1(ModelFamily):
 
     base_model_version = "flux1"
     default_resolution = 1024
+    denoiser_label = "transformer"
     text_encoder_prefixes = ("lora_te1",)  # CLIP-L; T5-XXL (kohya's lora_te3) is never trained here
 
     def __init__(self, variant: str, *, t5_max_length: int | None = None, t5_attention_mask: bool = False):

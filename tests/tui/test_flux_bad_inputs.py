@@ -70,3 +70,6 @@ def test_dry_run_names_the_family_from_the_headers(flux_workspace):
     result = train(ws, _answers(ws), dry_run=True)
     assert result.returncode == 0, "\n".join(result.message)
     assert "FLUX.1 dev" in result.stdout
+    # The family names its denoiser: FLUX.1 trains a transformer, not a UNet.
+    assert "transformer only" in result.stdout and "transformer lr" in result.stdout, result.stdout
+    assert "UNet" not in result.stdout, result.stdout
