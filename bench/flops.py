@@ -35,7 +35,7 @@ def flop_profile(unet_config: dict[str, Any], vae_config: dict[str, Any], text_c
     from peft import LoraConfig, inject_adapter_in_model
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from engine.lora import unet_lora_targets
+    from engine.network import unet_lora_targets
 
     side = resolution // 8
     with torch.device("meta"):

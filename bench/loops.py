@@ -9,7 +9,7 @@ includes everything the engine does per step: data, noise, loss, optimizer, sche
 read-back every `log_every_steps`, control polling.
 
 `BareLoop` is the least a LoRA step can do with the same model (loaded the same way, the same peft
-LoRA layers through `engine.lora.add_lora`), optimizer (AdamW, or 8-bit AdamW when the engine uses
+LoRA layers through `engine.network.add_lora`), optimizer (AdamW, or 8-bit AdamW when the engine uses
 it), batch and precision: latents and text conditioning computed once and kept on the device (for
 SDXL also the pooled text embedding and the size conditioning, `time_ids`), noise and timesteps
 drawn on the device, plain DDPM noising, MSE, backward, step.
@@ -86,7 +86,7 @@ class BareLoop:
         import torch
 
         from engine.families import load_base_model
-        from engine.lora import add_lora, lora_parameters
+        from engine.network import add_lora, lora_parameters
         from engine.seeds import derive_seed
 
         trainer = engine.trainer

@@ -24,7 +24,7 @@ def sd15_encode_per_step(resolution: int = 256, rounds: int = 2, lora_dim: int =
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from peft import LoraConfig, inject_adapter_in_model
 
-    from engine.lora import unet_lora_targets
+    from engine.network import unet_lora_targets
 
     def config(name: str) -> dict[str, Any]:
         return json.loads((SD15_CONFIGS / f"{name}.json").read_text())

@@ -106,14 +106,44 @@ class DatasetSection(_Section):
 
 
 class NetworkSection(_Section):
+    type: Literal["lora", "locon", "loha", "lokr"] = Field(
+        "lora", description="lora; locon (+ the ResNets' 3x3 convs); loha (Hadamard); lokr (Kronecker)"
+    )
+    dora: bool = Field(False, description="DoRA: also learn each output's magnitude (lora and locon)")
     dim: int = Field(8, ge=1, le=1024, description="LoRA rank: higher keeps more detail, larger file")
     alpha: float | None = Field(None, gt=0, le=1024, description="LoRA alpha; empty = dim (scale 1)")
+    conv_dim: int | None = Field(None, ge=1, le=1024, description="locon/loha/lokr: rank on the 3x3 convolutions; empty = dim")
+    conv_alpha: float | None = Field(None, gt=0, le=1024, description="locon/loha/lokr: alpha on the convolutions; empty = conv_dim")
+    factor: int | None = Field(None, ge=-1, le=1024, description="lokr: size of the small Kronecker factor; empty = -1 (near the square root)")
+    full_matrix: bool | None = Field(None, description="lokr: keep both Kronecker factors whole (no rank; alpha unused)")
+    dropout: float | None = Field(None, ge=0.0, lt=1.0, description="lora/locon: dropout on the LoRA layers' input; empty = 0")
+    rank_dropout: float | None = Field(None, ge=0.0, lt=1.0, description="loha/lokr: dropout of whole output rows of the update; empty = 0")
+    module_dropout: float | None = Field(None, ge=0.0, lt=1.0, description="loha/lokr: chance of skipping a layer's update in a step; empty = 0")
     train_text_encoder: bool = Field(True, description="Also train LoRA layers in the text encoder")
-    init_from: Path | None = Field(None, description="Start from an existing kohya-format LoRA file")
+    init_from: Path | None = Field(None, description="Start from an existing kohya-format LoRA file of the same type")
+
+    @model_validator(mode="after")
+    def _settings_fit_the_type(self) -> NetworkSection:
+        from engine.network.types import not_applicable
+
+        problems = not_applicable(self.type, self.dora, set(self.model_fields_set), self.__dict__)
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.factor == 0:
+            raise ValueError("`factor` must be -1 (split near the square root) or a positive size")
+        return self
 
     @property
     def effective_alpha(self) -> float:
         return float(self.dim if self.alpha is None else self.alpha)
+
+    @property
+    def effective_conv_dim(self) -> int:
+        return self.dim if self.conv_dim is None else self.conv_dim
+
+    @property
+    def effective_conv_alpha(self) -> float:
+        return float(self.effective_conv_dim if self.conv_alpha is None else self.conv_alpha)
 
 
 class TrainingSection(_Section):

@@ -167,7 +167,13 @@ class Trainer:
         from engine.families import load_base_model
         from engine.families.flux import flux_options
         from engine.latents import LatentCache
-        from engine.lora import add_lora, load_lora_file_into, lora_parameters, text_encoder_parameters
+        from engine.network import (
+            NetworkSpec,
+            add_network,
+            load_lora_file_into,
+            lora_parameters,
+            text_encoder_parameters,
+        )
         from engine.parking import offloadable_parts
 
         a = self.answers
@@ -233,7 +239,7 @@ class Trainer:
             model.denoiser.to(memory_format=torch.channels_last)  # before the LoRA layers: those stay contiguous
         # The LoRA's initial (random) down weights come from the global generator: seed it.
         torch.manual_seed(derive_seed(a.training.seed, "lora-init"))
-        add_lora(model, dim=a.network.dim, alpha=a.network.effective_alpha, train_text_encoder=a.network.train_text_encoder)
+        add_network(model, NetworkSpec.from_section(a.network), train_text_encoder=a.network.train_text_encoder)
         # What of `[network] init_from` was kept fresh or ignored: the `ready` event's notes say so.
         self.notes = load_lora_file_into(model, a.network.init_from).notes if a.network.init_from else []
         self.denoiser_params, self.te_params = lora_parameters(model)
@@ -685,7 +691,7 @@ class Trainer:
     def save(self, path: Path, *, step: int, epoch: int, overwrite: bool | None = None) -> Path:
         import torch
 
-        from engine.lora import kohya_metadata, kohya_state_dict, save_lora_file
+        from engine.network import kohya_metadata, kohya_state_dict, save_lora_file
 
         a = self.answers
         if not self.is_main:

@@ -20,6 +20,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_model_dir(tmp_path_factory) -> Path:
+    """A tiny SDXL-shaped diffusers folder (random weights), built once for the session."""
+    from engine.tiny import build_tiny_sdxl_pipeline
+
+    return build_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "model")
+
+
+@pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> tuple[Path, Path]:
     """(train root, reg root) in kohya's layout: `10_usu bear/` x4 images, `1_bear/` x8 images."""
     from engine.tiny import write_synthetic_dataset
@@ -67,11 +75,11 @@ def one_torch_thread():
 
 
 def randomize_lora_weights(model, *, seed: int = 1, scale: float = 0.1, only_up: bool = True) -> None:
-    """Seeded random LoRA weights (`engine.lora.add_lora` starts lora_up at zero: such a LoRA changes
+    """Seeded random LoRA weights (`engine.network.add_lora` starts lora_up at zero: such a LoRA changes
     nothing): the up weights, or with `only_up=False` the down weights too, so one seed is one LoRA."""
     import torch
 
-    from engine.lora import lora_parameters
+    from engine.network import lora_parameters
 
     unet_weights, text_weights = lora_parameters(model)  # lora_down, lora_up per layer
     weights = unet_weights[1::2] + text_weights[1::2] if only_up else unet_weights + text_weights

@@ -97,7 +97,7 @@ class ModelFamily:
     modelspec_implementation: str = ""  # modelspec.implementation when not SD's (diffusers / SGM)
 
     def lora_targets(self, denoiser: Any) -> list[str] | None:
-        """The denoiser's modules that get a LoRA; None: kohya's default UNet targets (engine/lora.py)."""
+        """The denoiser's modules that get a LoRA; None: kohya's default UNet targets (engine/network/targets.py)."""
         return None
 
     def trainable_text_encoders(self, model: LoadedModel) -> list[Any]:

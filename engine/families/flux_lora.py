@@ -126,7 +126,7 @@ class FluxLoraSettings:
 
 
 def flux_metadata(settings: FluxLoraSettings, rank: int) -> dict[str, str]:
-    """kohya's FLUX-specific `ss_*` keys and modelspec.architecture (the common keys come from engine/lora.py)."""
+    """kohya's FLUX-specific `ss_*` keys and modelspec.architecture (the common keys come from engine/network/metadata.py)."""
     return {
         "ss_base_model_version": BASE_MODEL_VERSION,
         "ss_network_module": NETWORK_MODULE,

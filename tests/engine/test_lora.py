@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save
 from engine.config import Answers, answers_from_dict
 from engine.errors import ModelFileError, UserError
 from engine.families import LoadedModel, load_base_model
-from engine.lora import (
+from engine.network import (
     add_lora,
     kohya_metadata,
     kohya_module_stems,

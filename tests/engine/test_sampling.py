@@ -36,13 +36,13 @@ PROMPT = SamplePrompt("a photo of usu bear", width=64, height=64, steps=2)
 SEED = 1234
 
 
-# --- helpers: LoRA files made with engine.lora on the tiny model ----------------------------------------
+# --- helpers: LoRA files made with engine.network on the tiny model ----------------------------------------
 
 
 def random_lora_model(model_dir: Path, *, seed: int, text_encoder: bool):
     """The tiny model with a LoRA whose weights, down and up, are random from `seed` (a fresh LoRA is a no-op)."""
     from engine.families import load_base_model
-    from engine.lora import add_lora
+    from engine.network import add_lora
 
     model = load_base_model(model_dir)
     add_lora(model, dim=4, alpha=4, train_text_encoder=text_encoder)
@@ -53,7 +53,7 @@ def random_lora_model(model_dir: Path, *, seed: int, text_encoder: bool):
 def write_lora(model, path: Path) -> Path:
     import torch
 
-    from engine.lora import kohya_state_dict, save_lora_file
+    from engine.network import kohya_state_dict, save_lora_file
 
     return save_lora_file(path, kohya_state_dict(model, dtype=torch.float32), {}, overwrite=True)
 

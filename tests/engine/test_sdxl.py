@@ -33,7 +33,7 @@ from engine.families import ImageGeometry, LoadedModel, inspect_base_model, load
 from engine.families.sdxl import SDXL, time_ids
 from engine.families.sgm_names import block_table, sdxl_block_table, sgm_module_path, sgm_state_dict
 from engine.families.single_file import load_template
-from engine.lora import (
+from engine.network import (
     add_lora,
     kohya_metadata,
     kohya_module_stems,
@@ -42,7 +42,7 @@ from engine.lora import (
 )
 from engine.plan import prepare_plan
 from engine.sampling import ImageMaker, SamplePrompt, generate, png_bytes, sample_images
-from engine.tiny import build_tiny_sdxl_pipeline, write_synthetic_dataset, write_tiny_sdxl_single_file
+from engine.tiny import write_synthetic_dataset, write_tiny_sdxl_single_file
 from engine.train import Trainer
 from tests.conftest import (
     copy_with_nan_vae,
@@ -137,7 +137,7 @@ def test_sgm_names_map_back_with_diffusers_lora_converter():
     """diffusers reads kohya's SDXL UNet keys back to its own module paths: every one of the 722."""
     from diffusers.loaders.lora_conversion_utils import _maybe_map_sgm_blocks_to_diffusers
 
-    from engine.lora import unet_lora_targets
+    from engine.network import unet_lora_targets
 
     unet, _, _ = real_sdxl_models()
     paths = unet_lora_targets(unet)
@@ -175,8 +175,8 @@ def test_block_table_follows_the_layout():
 
 
 @pytest.fixture(scope="module")
-def sdxl_dir(tmp_path_factory) -> Path:
-    return build_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "model")
+def sdxl_dir(tiny_sdxl_model_dir) -> Path:
+    return tiny_sdxl_model_dir
 
 
 @pytest.fixture(scope="module")

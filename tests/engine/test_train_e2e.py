@@ -73,7 +73,7 @@ def test_cli_prints_events_as_json_lines(trained):
 
 def test_training_is_deterministic_across_processes(trained):
     lora_path, _, trainer = trained
-    from engine.lora import kohya_state_dict
+    from engine.network import kohya_state_dict
 
     from_cli = load_file(lora_path)
     from_library = kohya_state_dict(trainer.model, dtype=torch.float32)
@@ -105,7 +105,7 @@ def test_diffusers_loads_the_lora_and_matches_the_engine(trained, tiny_model_dir
 def test_fp16_file_matches_within_fp16_tolerance(trained, tiny_model_dir, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from engine.lora import kohya_state_dict, save_lora_file
+    from engine.network import kohya_state_dict, save_lora_file
 
     _, _, trainer = trained
     fp16_path = save_lora_file(tmp_path / "tiny-fp16.safetensors", kohya_state_dict(trainer.model, dtype=torch.float16), {})
