@@ -304,3 +304,39 @@ def test_init_from_a_file_of_another_type_is_refused(tiny_model_dir, tmp_path):
     path = save_lora_file(tmp_path / "loha.safetensors", kohya_state_dict(loha, dtype=torch.float32), {})
     with pytest.raises(ModelFileError, match="holds a LoHa network; this run trains a LoKr one"):
         load_lora_file_into(trained_like(tiny_model_dir, "lokr"), path)
+
+
+# --- exact resume after SIGKILL -----------------------------------------------------------------------
+
+RESUME_STEPS = 6
+RESUMED_NETWORKS = {
+    "loha": {"type": "loha", "dim": 4, "alpha": 4, "conv_dim": 2},
+    "lokr": {"type": "lokr", "dim": 4, "alpha": 4, "factor": 4, "conv_dim": 2},
+}
+
+
+@pytest.mark.parametrize("variant", list(RESUMED_NETWORKS))
+def test_sigkill_then_resume_is_exact(variant, tmp_path, tiny_model_dir, tiny_dataset):
+    from engine.config import load_answers
+    from engine.events import EventLog
+    from engine.plan import plan_training
+    from engine.train import train
+    from tests.conftest import write_answers
+    from tests.engine.test_resume import finish, kill_after_step, start
+
+    settings = {
+        "network": {"dim": None, "alpha": None, **RESUMED_NETWORKS[variant]},
+        "training": {"max_steps": RESUME_STEPS, "log_every_steps": 1},
+        "checkpoints": {"every_steps": 2},
+    }
+    whole = write_answers(tmp_path / "whole", tiny_model_dir, *tiny_dataset, **settings)
+    train(plan_training(load_answers(whole)), EventLog(None))
+    expected = load_file(tmp_path / "whole" / "output" / "tiny.safetensors")
+
+    answers = write_answers(tmp_path / "killed", tiny_model_dir, *tiny_dataset, **settings)
+    kill_after_step(start("train", str(answers)), 3)
+    events = finish(start("resume", str(tmp_path / "killed" / "output" / "tiny.run")))
+    assert [e["step"] for e in events if e["kind"] == "resumed"] == [2]
+    resumed = load_file(tmp_path / "killed" / "output" / "tiny.safetensors")
+    assert resumed.keys() == expected.keys() and any(key.endswith((".hada_w1_a", ".lokr_w1")) for key in expected)
+    assert all(torch.equal(resumed[key], expected[key]) for key in expected)
