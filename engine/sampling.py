@@ -303,6 +303,7 @@ class ImageMaker:
         self.flux = _is_flux(model)  # FluxPipeline: packed latents, no negative prompt, its flow scheduler
         self.pipeline = _build_pipeline(model)
         self.adapters: dict[str, str] = {}  # LoRA name -> peft adapter name
+        self.own_adapters: set[str] = set()  # adapters of LyCORIS / DoRA files, loaded by engine.network.readback
         self._loads = 0  # adapters ever loaded: each gets a new name, even after a failed load
 
     @classmethod
@@ -340,6 +341,8 @@ class ImageMaker:
 
     def load_loras(self, files: dict[str, Path]) -> None:
         """Load kohya-format LoRA files (name -> path) as separate adapters, all inactive until weighted."""
+        from engine.network.readback import diffusers_reads, load_network_file
+
         for name, path in files.items():
             if name in self.adapters:
                 continue
@@ -349,7 +352,14 @@ class ImageMaker:
                 with _quiet_libraries(logging.CRITICAL), _no_progress_bars(), warnings.catch_warnings():
                     # peft warns that a second adapter makes several adapters: that is the point here.
                     warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                    self.pipeline.load_lora_weights(self._lora_source(path), adapter_name=adapter)
+                    if diffusers_reads(path):
+                        self.pipeline.load_lora_weights(self._lora_source(path), adapter_name=adapter)
+                    else:  # LoHa, LoKr, DoRA: diffusers does not read them; peft layers of their own type do
+                        load_network_file(self.model, path, adapter)
+                        self.own_adapters.add(adapter)
+            except ModelFileError:
+                self._discard(adapter)
+                raise
             except (ValueError, KeyError, RuntimeError, OSError) as exc:
                 self._discard(adapter)
                 lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -392,6 +402,12 @@ class ImageMaker:
     def _discard(self, adapter: str) -> None:
         """Take a LoRA that failed to load fully back out of the model, so the images stay right."""
         self.adapters = {name: a for name, a in self.adapters.items() if a != adapter}
+        if adapter in self.own_adapters:
+            from engine.network.readback import remove_adapter
+
+            self.own_adapters.discard(adapter)
+            remove_adapter(self.model, adapter)
+            return
         if any(adapter in names for names in self.pipeline.get_list_adapters().values()):
             self.pipeline.delete_adapters(adapter)
 
@@ -404,11 +420,29 @@ class ImageMaker:
         if not self.adapters:
             return
         active = {self.adapters[name]: weight for name, weight in weights.items() if weight != 0}
-        if not active:
-            self.pipeline.disable_lora()
-            return
-        self.pipeline.enable_lora()
-        self.pipeline.set_adapters(list(active), adapter_weights=list(active.values()))
+        own = {adapter: weight for adapter, weight in active.items() if adapter in self.own_adapters}
+        active = {adapter: weight for adapter, weight in active.items() if adapter not in own}
+        if set(self.adapters.values()) - self.own_adapters:  # diffusers' adapters (its calls reach every peft layer)
+            if not active:
+                self.pipeline.disable_lora()
+            else:
+                self.pipeline.enable_lora()
+                self.pipeline.set_adapters(list(active), adapter_weights=list(active.values()))
+        if self.own_adapters:
+            self._weigh_own_adapters(own)
+
+    def _weigh_own_adapters(self, weights: dict[str, float]) -> None:
+        """Activate the readback adapters in `weights` at their weights (peft's set_scale); the rest are off."""
+        from engine.network.adapters import adapter_layers
+
+        for adapter in self.own_adapters:
+            for part in (self.model.unet, *self.model.text_encoders):
+                for _, layer in adapter_layers(part, adapter):
+                    on = [name for name in weights if name in layer.r]
+                    layer.enable_adapters(bool(on))
+                    layer.set_adapter(on or [adapter])
+                    for name in on:
+                        layer.set_scale(name, weights[name])
 
     # --- images
 

@@ -340,3 +340,29 @@ def test_sigkill_then_resume_is_exact(variant, tmp_path, tiny_model_dir, tiny_da
     resumed = load_file(tmp_path / "killed" / "output" / "tiny.safetensors")
     assert resumed.keys() == expected.keys() and any(key.endswith((".hada_w1_a", ".lokr_w1")) for key in expected)
     assert all(torch.equal(resumed[key], expected[key]) for key in expected)
+
+
+# --- making images with the file: `<lora:name:w>` -----------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["locon", "locon_dora", "loha", "lokr", "lokr_full"])
+def test_image_maker_applies_the_file_as_trained(variant, tiny_model_dir, tmp_path):
+    from engine.sampling import ImageMaker
+
+    trained = trained_like(tiny_model_dir, variant)
+    trained.unet.eval()
+    expected = outputs(trained)
+    path = save_lora_file(tmp_path / f"{variant}.safetensors", kohya_state_dict(trained, dtype=torch.float32), {})
+    maker = ImageMaker(load_base_model(tiny_model_dir))
+    base = outputs(maker.model)
+    maker.load_loras({variant: path})
+    maker.set_lora_weights({variant: 1.0})
+    assert relative_gap(outputs(maker.model), expected, base) < 2e-3
+    maker.set_lora_weights({variant: 0.5})
+    half = outputs(maker.model)
+    # About half the effect; with DoRA peft halves dW inside the normalisation and keeps the learned
+    # magnitudes, so less changes (ComfyUI instead interpolates between the base and the full weight).
+    low, high = (0.02, 0.8) if "dora" in variant else (0.2, 0.8)
+    assert low < relative_gap(half, expected, base) < high
+    maker.set_lora_weights({})
+    assert all(torch.equal(now, before) for now, before in zip(outputs(maker.model), base, strict=True))
