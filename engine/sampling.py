@@ -436,7 +436,7 @@ class ImageMaker:
         from engine.network.adapters import adapter_layers
 
         for adapter in self.own_adapters:
-            for part in (self.model.unet, *self.model.text_encoders):
+            for part in (self.model.denoiser, *self.model.text_encoders):
                 for _, layer in adapter_layers(part, adapter):
                     on = [name for name in weights if name in layer.r]
                     layer.enable_adapters(bool(on))

@@ -78,7 +78,7 @@ def load_network_file(model: LoadedModel, path: Path, adapter: str) -> int:
 
 
 def remove_adapter(model: LoadedModel, adapter: str) -> None:
-    for part in (model.unet, *model.text_encoders):
+    for part in (model.denoiser, *model.text_encoders):
         for _, layer in list(adapter_layers(part, adapter)):
             layer.delete_adapter(adapter)
 
@@ -89,10 +89,10 @@ def _place_stems(model: LoadedModel, by_stem: dict[str, dict[str, Any]], path: P
 
     family = model.family
     where: dict[str, tuple[Any, str]] = {}
-    for module_path, module in model.unet.named_modules():
+    for module_path, module in model.denoiser.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             try:
-                where[family.kohya_unet_name(module_path)] = (model.unet, module_path)
+                where[family.kohya_unet_name(module_path)] = (model.denoiser, module_path)
             except KeyError:
                 continue
     for index, encoder in enumerate(model.text_encoders):

@@ -350,7 +350,7 @@ def test_image_maker_applies_the_file_as_trained(variant, tiny_model_dir, tmp_pa
     from engine.sampling import ImageMaker
 
     trained = trained_like(tiny_model_dir, variant)
-    trained.unet.eval()
+    trained.denoiser.eval()
     expected = outputs(trained)
     path = save_lora_file(tmp_path / f"{variant}.safetensors", kohya_state_dict(trained, dtype=torch.float32), {})
     maker = ImageMaker(load_base_model(tiny_model_dir))
