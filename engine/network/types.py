@@ -47,7 +47,8 @@ def not_applicable(network_type: str, dora: bool, given: set[str], values: dict[
     """One message per setting in `given` (the keys the file sets) that the type does not take."""
     problems = []
     for key, (types, reason) in APPLIES_TO.items():
-        if key in given and values.get(key) is not None and network_type not in types:
+        # An unset, false or zero value asks for nothing (the wizard may leave `full_matrix = false`).
+        if key in given and values.get(key) not in (None, False, 0) and network_type not in types:
             problems.append(f"`{key}` does not apply to `type = \"{network_type}\"`: {reason}")
     if dora and network_type not in DORA_TYPES:
         problems.append(

@@ -366,3 +366,25 @@ def test_image_maker_applies_the_file_as_trained(variant, tiny_model_dir, tmp_pa
     assert low < relative_gap(half, expected, base) < high
     maker.set_lora_weights({})
     assert all(torch.equal(now, before) for now, before in zip(outputs(maker.model), base, strict=True))
+
+
+# --- file size ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_size_estimate_is_the_exported_files_tensor_bytes(variant, tiny_model_dir):
+    from engine.network.size import model_target_shapes, shapes_bytes
+
+    base = load_base_model(tiny_model_dir)
+    spec = spec_of(variant)
+    shapes = model_target_shapes(base.denoiser, base.text_encoders, convs=spec.covers_convs)
+    trained = trained_like(tiny_model_dir, variant)
+    tensors = kohya_state_dict(trained, dtype=torch.float16)
+    assert shapes_bytes(spec, shapes) == sum(tensor.numel() * 2 for tensor in tensors.values())
+
+
+def test_size_of_a_published_model():
+    from engine.network.size import network_file_bytes
+
+    # kohya's SD 1.5 LoRA at dim 8 with the text encoder is 9.4 MB of fp16 tensors.
+    assert network_file_bytes("sd1", NetworkSpec(dim=8), train_text_encoder=True) == 9_437_712
