@@ -20,7 +20,8 @@ Kind = Literal["int", "float", "text", "path", "choice", "bool", "first_of_list"
 
 
 # When a field is shown only in some cases (tui_lora/screens/parameters.py decides them).
-Condition = Literal["several_gpus", "sdxl"]
+# The network conditions follow engine.network.types: the settings each network type takes.
+Condition = Literal["several_gpus", "sdxl", "lora_types", "conv_types", "lokr", "lycoris_types"]
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,17 @@ PARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
         FieldSpec("dataset.resolution", "int", optional=True),
     ),
     "network": (
+        FieldSpec("network.type", "choice"),
+        FieldSpec("network.dora", "bool", shown_when="lora_types"),
         FieldSpec("network.dim", "int"),
         FieldSpec("network.alpha", "float", optional=True),
+        FieldSpec("network.conv_dim", "int", optional=True, shown_when="conv_types"),
+        FieldSpec("network.conv_alpha", "float", optional=True, shown_when="conv_types"),
+        FieldSpec("network.factor", "int", optional=True, shown_when="lokr"),
+        FieldSpec("network.full_matrix", "bool", shown_when="lokr"),
+        FieldSpec("network.dropout", "float", optional=True, shown_when="lora_types"),
+        FieldSpec("network.rank_dropout", "float", optional=True, shown_when="lycoris_types"),
+        FieldSpec("network.module_dropout", "float", optional=True, shown_when="lycoris_types"),
         FieldSpec("network.train_text_encoder", "bool"),
     ),
     "optimizer": (

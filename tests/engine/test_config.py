@@ -140,7 +140,16 @@ def test_example_file_documents_every_key():
     documented = {f"{section}.{key}" for section, values in data.items() if isinstance(values, dict) for key in values}
     documented |= {key for key, value in data.items() if not isinstance(value, dict)}
     assert documented == _schema_keys(Answers)
-    answers_from_dict(data)  # every documented value is valid
+    # Every documented value is valid; the network settings of each type with that type.
+    from engine.network.types import APPLIES_TO, NETWORK_TYPES
+
+    for network_type in NETWORK_TYPES:
+        network = {key: value for key, value in data["network"].items() if key not in APPLIES_TO or network_type in APPLIES_TO[key][0]}
+        if network_type in ("loha", "lokr"):
+            network["dora"] = False
+        if network_type == "lokr":
+            network.pop("alpha")  # no effect with full_matrix
+        answers_from_dict({**data, "network": {**network, "type": network_type}})
 
 
 def test_path_keys_are_all_paths():

@@ -8,7 +8,10 @@ latent caching) where the user has not chosen; precision stays `auto`, which the
 on the machine that trains, so a file written here still fits a GPU machine it is copied to.
 
 Some fields are shown only where they apply: GPUs (processes) on a machine with more than one
-GPU, the second text encoder's learning rate for SDXL.
+GPU, the second text encoder's learning rate for SDXL, each network type's own settings (DoRA and
+dropout for lora/locon, conv_dim/conv_alpha for locon/loha/lokr, factor and full_matrix for lokr).
+Choosing another type drops the settings of the old one. Under the network settings, the file size
+each type leads to (for the model's family, fp16) is shown.
 """
 
 from __future__ import annotations
@@ -65,6 +68,46 @@ def model_family(draft) -> str:
     return "sd1"
 
 
+# Parameters-screen conditions on the network type (engine.network.types says which settings each takes).
+NETWORK_CONDITIONS = {
+    "lora_types": ("lora", "locon"),
+    "conv_types": ("locon", "loha", "lokr"),
+    "lokr": ("lokr",),
+    "lycoris_types": ("loha", "lokr"),
+}
+
+
+def network_size_line(network: dict[str, Any], family: str) -> str:
+    """"File size (fp16): lora 9.4 MB · locon 19.5 MB · ..." with the chosen type first; empty when
+    the network settings are not valid yet."""
+    from pydantic import ValidationError
+
+    from engine.config import NetworkSection
+    from engine.network.adapters import NetworkSpec
+    from engine.network.size import network_file_bytes
+    from engine.network.types import APPLIES_TO, DORA_TYPES, NETWORK_TYPES
+
+    try:
+        section = NetworkSection.model_validate(network)
+    except ValidationError:
+        return ""
+    sizes = []
+    for network_type in NETWORK_TYPES:
+        values = section.model_dump()
+        values["type"] = network_type
+        if network_type != section.type:  # the other types with their defaults for what they alone take
+            for name, (types, _) in APPLIES_TO.items():
+                if network_type not in types:
+                    values[name] = None
+            values["dora"] = values["dora"] and network_type in DORA_TYPES
+        spec = NetworkSpec.from_section(NetworkSection.model_validate(values))
+        size = network_file_bytes(family, spec, train_text_encoder=section.train_text_encoder)
+        sizes.append((network_type, size))
+    chosen = dict(sizes)[section.type]
+    others = " · ".join(f"{name} {size / 1e6:.1f} MB" for name, size in sizes if name != section.type)
+    return t("parameters.network_size", size=f"{chosen / 1e6:.1f} MB", others=others)
+
+
 class ParametersScreen(WizardScreen):
     STEP = "parameters"
     AUTO_FOCUS = "#field-training-batch_size"
@@ -81,6 +124,8 @@ class ParametersScreen(WizardScreen):
             yield Static(t(f"parameters.group.{group}"), classes="heading", markup=False)
             for spec in specs:
                 yield FormRow(spec.label, self.control(spec), help=spec.help, id="row-" + control_id(spec.key))
+            if group == "network":
+                yield Static("", id="network-size", classes="help", markup=False)
 
     def control(self, spec: FieldSpec):
         value = self.draft.get(spec.key)
@@ -134,7 +179,8 @@ class ParametersScreen(WizardScreen):
             return several_gpus(self.wizard.facts) or self.draft.get("training.processes", 1) != 1
         if condition == "sdxl":
             return self.family == "sdxl" or self.draft.get("training.text_encoder_2_lr") is not None
-        return True
+        network_type = self.draft.get("network.type", "lora")
+        return network_type in NETWORK_CONDITIONS.get(condition, (network_type,))
 
     def show_conditional_fields(self) -> None:
         """Fields that apply here are shown; hidden ones are skipped by Tab."""
@@ -142,6 +188,27 @@ class ParametersScreen(WizardScreen):
             if spec.shown_when is not None:
                 self.query_one("#row-" + control_id(spec.key), FormRow).display = self.condition_holds(spec.shown_when)
         self.show_effective_batch()
+        self.show_network_size()
+
+    @work(thread=True, exclusive=True, group="parameters-network-size", exit_on_error=False)
+    def show_network_size(self) -> None:
+        """The file size of each network type with the other settings as they are (reads the
+        family's published layer shapes once: a worker)."""
+        line = network_size_line(dict(self.draft.answers.get("network", {})), self.family or "sd1")
+        self.app.call_from_thread(self.query_one("#network-size", Static).update, line)
+
+    def drop_other_types_settings(self, network_type: str) -> None:
+        """Another network type: the settings only the old type takes go (they would be refused)."""
+        from engine.network.types import APPLIES_TO, DORA_TYPES
+
+        for name, (types, _) in APPLIES_TO.items():
+            if network_type not in types and self.draft.get(f"network.{name}") is not None:
+                self.draft.set(f"network.{name}", None)
+                self.invalid.discard(f"network.{name}")
+                self.show_draft_value(f"network.{name}")
+        if network_type not in DORA_TYPES and self.draft.get("network.dora"):
+            self.draft.set("network.dora", False)
+            self.show_draft_value("network.dora")
 
     def show_effective_batch(self) -> None:
         """Under GPUs (processes): the images each optimizer step trains."""
@@ -187,6 +254,8 @@ class ParametersScreen(WizardScreen):
 
     def take(self, key: str, raw: Any) -> None:
         spec = SPECS[key]
+        if key == "network.type":
+            self.drop_other_types_settings(raw)
         row = self.query_one("#row-" + control_id(key), FormRow)
         value, error = accept(spec, raw, dict(self.draft.answers.get(spec.section, {})))
         if error is not None:
@@ -200,6 +269,10 @@ class ParametersScreen(WizardScreen):
             self.changed()
             if key in ("training.batch_size", "training.processes"):
                 self.show_effective_batch()
+            if key == "network.type":
+                self.show_conditional_fields()
+            elif key.startswith("network."):
+                self.show_network_size()
 
     @on(Input.Changed)
     def input_changed(self, event: Input.Changed) -> None:
