@@ -280,6 +280,17 @@ class Answers(_Section):
             raise ValueError(f"version {self.version} is not supported; this lora-wizard reads version {SCHEMA_VERSION}")
         return self
 
+    @model_validator(mode="after")
+    def _module_dropout_on_one_process(self) -> Answers:
+        # Data-parallel training reduces every layer's gradient in every step; a layer skipped at
+        # random in one process would leave the others waiting.
+        if self.network.module_dropout and self.training.processes > 1:
+            raise ValueError(
+                "`network.module_dropout` skips layers at random in each process, which data-parallel training "
+                "(`training.processes` > 1) cannot do: leave module_dropout out, or train with one process"
+            )
+        return self
+
     @property
     def lora_path(self) -> Path:
         return self.output.dir / f"{self.output.name}.safetensors"

@@ -388,3 +388,37 @@ def test_size_of_a_published_model():
 
     # kohya's SD 1.5 LoRA at dim 8 with the text encoder is 9.4 MB of fp16 tensors.
     assert network_file_bytes("sd1", NetworkSpec(dim=8), train_text_encoder=True) == 9_437_712
+
+
+# --- several processes --------------------------------------------------------------------------------
+
+
+def test_two_processes_train_a_lokr_as_one_with_the_doubled_batch(tmp_path, tiny_model_dir, tiny_dataset):
+    from engine.config import load_answers
+    from engine.events import EventLog
+    from engine.plan import plan_training
+    from engine.train import train
+    from tests.conftest import write_answers
+    from tests.engine.test_multiprocess import relative_difference, run
+
+    def train_with(folder, batch_size: int, processes: int) -> dict:
+        network = {"type": "lokr", "dim": 4, "alpha": 4, "factor": 4, "conv_dim": 2}
+        training = {"max_steps": 4, "batch_size": batch_size, "processes": processes}
+        answers = write_answers(folder, tiny_model_dir, *tiny_dataset, network=network, training=training, output={"dtype": "fp32"})
+        if processes > 1:
+            run("train", str(answers))  # torchrun, as on GPUs
+        else:
+            train(plan_training(load_answers(answers)), EventLog(None))
+        return load_file(folder / "output" / "tiny.safetensors")
+
+    two = train_with(tmp_path / "two", 2, 2)
+    one = train_with(tmp_path / "one", 4, 1)
+    assert any(key.endswith(".lokr_w1") for key in two)
+    assert relative_difference(one, two) < 1e-5
+
+
+def test_module_dropout_is_refused_with_several_processes():
+    data = minimal_answers({"type": "loha", "module_dropout": 0.1})
+    data["training"] = {"processes": 2}
+    with pytest.raises(AnswersError, match="module_dropout"):
+        answers_from_dict(data)
