@@ -7,7 +7,8 @@ the model family (so clip skip works as in training), the initial noise and ever
 
 Prompts follow kohya's sample-prompt syntax (`prompt --n negative --w 512 --h 512 --s 28 --l 7.5 --d 42
 --ss euler_a`); LoRAs are named in prompts as AUTOMATIC1111 does (`<lora:name:0.8>`) and loaded with
-diffusers' `load_lora_weights`. docs/samples.md is the user's guide to both.
+diffusers' `load_lora_weights`, or for LoHa, LoKr and DoRA files (which diffusers does not read) by
+engine.network.readback into peft layers of their type. docs/samples.md is the user's guide to both.
 """
 
 from __future__ import annotations
