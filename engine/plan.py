@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.buckets import Size, assign_buckets, batch_count
-from engine.config import Answers
+from engine.config import Answers, NetworkSection
 from engine.dataset import DatasetPlan, plan_dataset
 
 
@@ -90,7 +90,7 @@ class TrainingPlan:
             "model": str(a.model.path),
             "family": self.family_label,
             "resolution": self.resolution,
-            "network": f"LoRA dim {a.network.dim}, alpha {a.network.effective_alpha:g}"
+            "network": network_summary(a.network)
             + (", text encoder too" if a.network.train_text_encoder else f", {self.denoiser_label} only"),
             "optimizer": f"{a.training.optimizer}, {self.denoiser_label} lr {a.training.unet_lr:g}"
             + (f", text encoder lr {a.training.text_encoder_lr:g}" if a.network.train_text_encoder else ""),
@@ -167,3 +167,16 @@ def check_output_free(answers: Answers) -> None:
             where=answers.lora_path,
             fix="choose another `[output] name`, or set `[output] overwrite = true`",
         )
+
+
+NETWORK_LABELS = {"lora": "LoRA", "locon": "LoCon", "loha": "LoHa", "lokr": "LoKr"}
+
+
+def network_summary(network: NetworkSection) -> str:
+    """"LoRA dim 8, alpha 8", with the type's own settings for the others ("LoKr dim 8, alpha 8, factor -1")."""
+    parts = [f"{NETWORK_LABELS[network.type]}{' + DoRA' if network.dora else ''} dim {network.dim}, alpha {network.effective_alpha:g}"]
+    if network.type != "lora":
+        parts.append(f"conv dim {network.effective_conv_dim}, conv alpha {network.effective_conv_alpha:g}")
+    if network.type == "lokr":
+        parts.append(f"factor {-1 if network.factor is None else network.factor}" + (", full matrix" if network.full_matrix else ""))
+    return ", ".join(parts)

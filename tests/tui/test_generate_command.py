@@ -250,3 +250,23 @@ def test_reg_generate_uses_the_answers_files_vae_and_vae_on_the_command_line_win
     assert reg_images(tmp_path / "reg-vae" / "1_bear") != base
     assert reg_images(tmp_path / "reg-option" / "1_bear") == reg_images(tmp_path / "reg-vae" / "1_bear")
     assert reg_images(tmp_path / "reg-own" / "1_bear") == base
+
+
+@pytest.mark.parametrize("variant", ["loha", "lokr_full", "locon_dora"])
+def test_a_lycoris_file_makes_a_weight_grid_whose_cells_differ(variant, tiny_model_dir, tmp_path, capsys):
+    """LoHa, LoKr and DoRA files, which diffusers does not read, load through `<lora:name:w>` too."""
+    import torch
+
+    from engine.network import kohya_state_dict, save_lora_file
+    from tests.engine.test_network_types import trained_like
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    save_lora_file(folder / "net.safetensors", kohya_state_dict(trained_like(tiny_model_dir, variant), dtype=torch.float16), {})
+    out = tmp_path / "grids"
+    args = ["a photo of usu bear <lora:net>", "--lora-dir", str(folder), "--seed", "3", "--out", str(out)]
+    assert generate(tiny_model_dir, *args, "--weights", "0,1", "--size", "64x64", "--steps", "2") == 0
+    grid = Image.open(next(out.iterdir()))
+    top = grid.height - 64
+    cells = [grid.crop((x, top, x + 64, grid.height)).tobytes() for x in (0, 64)]
+    assert cells[0] != cells[1]

@@ -67,7 +67,8 @@ async def walk_to_review(pilot, demo: Path) -> None:
     await type_text(pilot, "2")  # max steps
     await pilot.press("tab")
     await type_text(pilot, "64")  # resolution
-    await pilot.press("tab")
+    await pilot.press("tab", "tab", "tab")  # past the network type (lora) and DoRA (off)
+    assert app.focused.id == "field-network-dim"
     await clear_and_type(pilot, "4")  # dim
     await pilot.press("tab")
     await type_text(pilot, "4")  # alpha
