@@ -20,13 +20,15 @@ Shape = tuple[int, int, int]  # (out, in, kernel elements) of one target layer
 @lru_cache(maxsize=8)
 def target_shapes(family: str, *, convs: bool, text_encoders: bool) -> tuple[tuple[Shape, ...], tuple[Shape, ...]]:
     """(shapes of the 1x1 / Linear targets, shapes of the larger convolutions) of a family's published model."""
-    from accelerate import init_empty_weights
+    import torch
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from engine.families.single_file import load_template
 
-    with init_empty_weights():
+    # torch's device context, not accelerate's init_empty_weights: that one patches nn.Module for
+    # every thread, and this runs in a wizard worker while other threads may build real models.
+    with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(load_template(family, "unet"))
         encoders = [CLIPTextModel(CLIPTextConfig(**load_template(family, "text_encoder")))]
         if family == "sdxl":
