@@ -98,7 +98,10 @@ def _place_stems(model: LoadedModel, by_stem: dict[str, dict[str, Any]], path: P
     for index, encoder in enumerate(model.text_encoders):
         for module_path, module in encoder.named_modules():
             if isinstance(module, nn.Linear):
-                where[family.kohya_text_encoder_name(index, module_path)] = (encoder, module_path)
+                try:
+                    where[family.kohya_text_encoder_name(index, module_path)] = (encoder, module_path)
+                except (KeyError, IndexError, ValueError):  # an encoder the family never adapts (FLUX.1's T5)
+                    continue
     unknown = sorted(set(by_stem) - set(where))
     if unknown:
         raise ModelFileError(
