@@ -14,10 +14,13 @@ class UserError(Exception):
 
     exit_code = 2
 
-    def __init__(self, message: str, *, where: str | Path | None = None, fix: str | None = None):
+    def __init__(self, message: str, *, where: str | Path | None = None, fix: str | None = None, key: str | None = None):
         self.message = message
         self.where = str(where) if where is not None else None
         self.fix = fix
+        # The answers-file key the fix is about ("model.path"): `fix` names it as the file does,
+        # the wizard words the fix for its own field instead (tui_lora/remedies.py).
+        self.key = key
         super().__init__(self.render())
 
     def render(self) -> str:

@@ -166,6 +166,7 @@ def check_output_free(answers: Answers) -> None:
             "a LoRA with this name already exists and would be overwritten",
             where=answers.lora_path,
             fix="choose another `[output] name`, or set `[output] overwrite = true`",
+            key="output.name",
         )
 
 

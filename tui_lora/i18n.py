@@ -97,6 +97,11 @@ def has_message(message_id: str) -> bool:
     return message_id in catalogue(SOURCE_LANGUAGE) or f"{message_id}.other" in catalogue(SOURCE_LANGUAGE)
 
 
+def counted(noun: str, count: int) -> str:
+    """`count` things in the current language: counted("images", 1) = "1 image" (the `[count]` table)."""
+    return t(f"count.{noun}", count=count)
+
+
 def plural_form(count: int) -> str:
     """`one` or `other`: the form of a message with a count (`{ one = "1 image", other = "{count}
     images" }`). English and Japanese need no more forms; Japanese gives both the same text."""

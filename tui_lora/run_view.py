@@ -25,6 +25,8 @@ SMOOTHING = 0.6
 LOG_LINES = 200
 
 RUNNING_STATES = ("starting", "loading", "training")
+# The engine's precision values as a person reads them ("no" mixed precision is fp32).
+PRECISION_NAMES = {"no": "fp32", "fp16": "fp16 mixed precision", "bf16": "bf16 mixed precision"}
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,8 @@ def describe(event: dict[str, Any], show_path: Callable[[str], str] = str) -> st
         return f"started: {event.get('total_steps')} steps, {event.get('epochs')} epochs"
     if kind == "ready":
         notes = [f"note: {note}" for note in event.get("notes") or []]
-        return "\n".join([f"training on {event.get('device')} ({event.get('precision')})", *notes])
+        precision = PRECISION_NAMES.get(event.get("precision"), event.get("precision"))
+        return "\n".join([f"training on {event.get('device')} in {precision}", *notes])
     if kind == "step":
         return f"step {event['step']}/{event.get('total_steps')}  epoch {event.get('epoch')}  loss {event.get('loss', 0):.4f}  lr {event.get('lr', 0):.2e}"
     if kind == "epoch":

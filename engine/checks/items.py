@@ -18,6 +18,7 @@ class CheckItem:
     status: Status
     summary: str  # one line: what was found
     remedy: str | None = None  # one line: what to do; None when nothing is to be done
+    key: str | None = None  # the answers-file key the remedy is about, for the wizard's own wording
 
 
 def worst(items: Iterable[CheckItem]) -> Status:

@@ -75,7 +75,7 @@ def output_items(answers: Answers) -> list[CheckItem]:
         try:
             check_output_free(answers)  # the run refuses to overwrite a LoRA unless told to
         except UserError as exc:
-            items.append(CheckItem("run.output", "run", "Output folder", "fail", f"{exc.where}: {exc.message}", exc.fix))
+            items.append(CheckItem("run.output", "run", "Output folder", "fail", f"{exc.where}: {exc.message}", exc.fix, key=exc.key))
         else:
             created = "" if folder.exists() else " (will be created)"
             items.append(CheckItem("run.output", "run", "Output folder", "ok", f"{folder}{created}"))

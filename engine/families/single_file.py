@@ -219,7 +219,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, str], Archite
 
 def _check_single_file_path(path: Path) -> None:
     if not path.exists():
-        raise ModelFileError("the base model does not exist", where=path, fix="check the path in the answers file")
+        raise ModelFileError("the base model does not exist", where=path, fix="check the path in the answers file", key="model.path")
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         raise ModelFileError(
             f"`{path.suffix}` is not a model file this tool reads",

@@ -72,7 +72,7 @@ def test_the_wizard_in_tmux_writes_answers_that_train_headless(tmp_path, tmux_se
     keys("Tab")
     type_text("64")  # resolution
     keys("C-n")
-    expect("2 steps (1 epochs)")  # Review: the step arithmetic of the answers
+    expect("2 steps (1 epoch)")  # Review: the step arithmetic of the answers
     expect("usu_bear.toml")
     keys("C-s")
     expect("Saved usu_bear.toml")

@@ -67,7 +67,7 @@ def test_attach_shows_the_ready_events_notes(tmp_path):
         events.emit("finished", lora=str(tmp_path / "usu.safetensors"), steps=1, epochs=1)
     result = lora_wizard("attach", str(folder))
     assert result.returncode == 0, result.stderr
-    assert "training on cpu (no)\nnote: the text encoder's layers are ignored\n" in result.stdout
+    assert "training on cpu in fp32\nnote: the text encoder's layers are ignored\n" in result.stdout
 
 
 def test_runs_lists_each_state(tmp_path):

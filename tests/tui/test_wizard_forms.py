@@ -290,8 +290,8 @@ async def test_next_waits_for_the_dataset_check_and_refuses_errors(demo, workspa
         await settle(pilot, 0.5)
         assert app.screen.name == "dataset"
         text = shown(app)
-        assert "1 errors" in text and "broken/10_usu bear/a.png" in text  # the file is named
-        assert "The check found 1 errors" in text
+        assert "1 error," in text and "broken/10_usu bear/a.png" in text  # the file is named
+        assert "The check found 1 error: fix it first" in text
 
 
 async def test_switches_read_their_state_as_text(demo, workspace, tmp_path_factory):

@@ -230,6 +230,7 @@ async def test_home_lists_runs_and_leaves_to_attach_or_resume(demo, workspace, t
             if app.screen.name == "failed":
                 break
             await pilot.pause(0.1)
+        await settle(pilot)  # the screen is there; its first paint follows
         assert "Stopped: usu_bear" in shown(app)
 
     app = make_app(data)

@@ -20,7 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, Input, RadioButton, RadioSet, Static
 
-from tui_lora.i18n import t
+from tui_lora.i18n import counted, t
 from tui_lora.screens.base import WizardScreen
 from tui_lora.widgets.captions_section import CaptionsSection
 from tui_lora.widgets.form import FormRow
@@ -261,7 +261,7 @@ class DatasetScreen(WizardScreen):
         result.set_class(True, "fail")
 
     def prepared(self, prepared, out: str) -> None:
-        lines = [t("dataset.prepared", folder=shown_path(prepared.concept_folder), images=prepared.images, repeats=prepared.repeats)]
+        lines = [t("dataset.prepared", folder=shown_path(prepared.concept_folder), images=counted("images", prepared.images), repeats=counted("repeats", prepared.repeats))]
         if prepared.left_out:
             lines.append(t("dataset.prepared_left_out", count=len(prepared.left_out)))
             lines += [f"  {problem.path.name}: {problem.message}" for problem in prepared.left_out]
@@ -307,7 +307,7 @@ class DatasetScreen(WizardScreen):
         if report is None:
             status.update(t("dataset.no_root"))
             return
-        status.update(t("dataset.check_summary", errors=len(report.errors), warnings=len(report.warnings), steps=report.steps_per_epoch))
+        status.update(t("dataset.check_summary", errors=counted("errors", len(report.errors)), warnings=counted("warnings", len(report.warnings)), steps=counted("steps", report.steps_per_epoch)))
         concepts.mount_all([Static(self.concept_line(c), classes="concept", markup=False) for c in report.concepts])
         groups = grouped_problems(report.problems)
         shown = groups[:MAX_PROBLEMS_SHOWN]
@@ -329,7 +329,7 @@ class DatasetScreen(WizardScreen):
 
     def concept_line(self, concept) -> str:
         kind = t("dataset.kind.reg") if concept.is_reg else t("dataset.kind.train")
-        line = t("dataset.concept", kind=kind, folder=concept.folder.name, images=concept.images, repeats=concept.repeats, items=concept.items_per_epoch, captions=concept.captions)
+        line = t("dataset.concept", kind=kind, folder=concept.folder.name, images=counted("images", concept.images), repeats=concept.repeats, items=concept.items_per_epoch, captions=counted("captions", concept.captions))
         if not concept.is_reg and concept.instance_token:
             line += "\n    " + t("dataset.token_class", token=concept.instance_token, class_word=concept.class_word or "-")
         return line

@@ -19,6 +19,7 @@ from textual.binding import Binding
 from textual.widgets import Button, Input, Select, Static
 
 from tui_lora.i18n import t
+from tui_lora.remedies import wizard_error
 from tui_lora.screens.base import WizardScreen
 from tui_lora.widgets.form import FormRow
 from tui_lora.widgets.path_input import PathInput
@@ -42,7 +43,7 @@ def read_model_info(path: str, tokenizer: str | None):
     try:
         return inspect_base_model(Path(path).expanduser(), Path(tokenizer).expanduser() if tokenizer else None), None
     except UserError as exc:
-        return None, exc.render()
+        return None, wizard_error(exc)
 
 
 def read_model_paths(paths: tuple[str, str | None]) -> tuple:
@@ -119,6 +120,7 @@ class ModelScreen(WizardScreen):
         key = "model.path" if event.input.id == "model-path" else "model.tokenizer"
         self.draft.set(key, event.value.strip() or None)
         self.changed()
+        self.show_screen_error(None)  # it was about the path as it was when Next was pressed
         self.model_check.soon()
 
     @on(Input.Changed, "#vae")

@@ -237,7 +237,7 @@ class ParametersScreen(WizardScreen):
             lines.append(t("parameters.defaults_sdxl", resolution=resolution, optimizer=choice_label(SPECS["training.optimizer"], rec.optimizer)))
         self.query_one("#defaults-note", Static).update("\n".join(lines))
         precision_row = self.query_one("#row-" + control_id("training.mixed_precision"), FormRow)
-        precision_row.show_help(t("field.training.mixed_precision.help_machine", precision=rec.mixed_precision))
+        precision_row.show_help(t("field.training.mixed_precision.help_machine", precision=choice_label(SPECS["training.mixed_precision"], rec.mixed_precision)))
 
     def show_draft_value(self, key: str) -> None:
         """Show a value the app set in the draft (a machine default)."""

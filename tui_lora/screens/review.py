@@ -19,7 +19,8 @@ from textual.widgets import Button, Input, Static
 from textual.worker import Worker, WorkerState
 
 from tui_lora.draft import answers_for_file
-from tui_lora.i18n import t
+from tui_lora.i18n import counted, t
+from tui_lora.remedies import wizard_error, wizard_fix
 from tui_lora.screens.base import WizardScreen
 from tui_lora.widgets.confirm import ConfirmScreen
 from tui_lora.widgets.form import FormRow
@@ -96,7 +97,7 @@ class ReviewScreen(WizardScreen):
         try:
             plan = plan_training(answers, family_label=report.estimate.setup.cost.label, default_resolution=report.estimate.setup.cost.resolution)
         except UserError as exc:
-            plan, problem = None, exc.render()
+            plan, problem = None, wizard_error(exc)
         else:
             problem = None
         self.app.call_from_thread(self.show_plan, plan, problem, report)
@@ -107,7 +108,7 @@ class ReviewScreen(WizardScreen):
             plan_text.update(problem or "")
             plan_text.set_class(True, "fail")
         else:
-            lines = [t("review.steps", steps=plan.total_steps, epochs=plan.epochs), *plan.breakdown()]
+            lines = [t("review.steps", steps=counted("steps", plan.total_steps), epochs=counted("epochs", plan.epochs)), *plan.breakdown()]
             plan_text.update("\n".join(lines))
         estimate = next((item for item in report.items if item.id == "run.estimate"), None)
         if estimate is not None:
@@ -116,7 +117,7 @@ class ReviewScreen(WizardScreen):
                 lines.append(t("review.estimate_remedy", remedy=estimate.remedy))
             self.query_one("#estimate", Static).update("\n".join(lines))
         problems = [item for item in report.items if item.group == "run" and item.status != "ok" and item.id != "run.estimate"]
-        self.query_one("#run-items", Vertical).mount_all([StatusRow(i.status, i.title, i.summary, i.remedy) for i in problems])
+        self.query_one("#run-items", Vertical).mount_all([StatusRow(i.status, i.title, i.summary, wizard_fix(i.key, i.remedy)) for i in problems])
 
     # ----------------------------------------------------------------------------- save
 
@@ -205,6 +206,6 @@ class ReviewScreen(WizardScreen):
 
             error = event.worker.error
             status = self.query_one("#start-status", Static)
-            status.update(error.render() if isinstance(error, UserError) else f"{type(error).__name__}: {error}")
+            status.update(wizard_error(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}")
             status.set_class(True, "fail")
             self.query_one("#start", Button).disabled = False

@@ -16,7 +16,7 @@ from textual.widgets import Footer, Static
 
 from tui_lora.finish import FinishedLora, format_size
 from tui_lora.host import WizardNode
-from tui_lora.i18n import t
+from tui_lora.i18n import counted, t
 from tui_lora.run_view import RunView, format_duration
 from tui_lora.widgets.bindings import translate_bindings
 from tui_lora.widgets.confirm import ConfirmScreen
@@ -29,8 +29,8 @@ def run_summary(view: RunView) -> str:
     smoothed = view.smoothed_losses()
     return t(
         "finish.summary",
-        steps=view.step,
-        epochs=view.epochs,
+        steps=counted("steps", view.step),
+        epochs=counted("epochs", view.epochs),
         time=format_duration(view.elapsed_seconds(view.attempts[-1].last if view.attempts else 0.0)),
         loss=f"{smoothed[-1]:.4f}" if smoothed else "-",
     )
