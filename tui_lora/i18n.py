@@ -13,8 +13,10 @@ English is complete by definition (it is the source); a test fails when the Japa
 lacks a message, has an empty one, or uses other placeholders. The language comes from a
 setting, else the locale (LC_ALL, LC_MESSAGES, LANG: `ja_JP.UTF-8` is Japanese), else English.
 
-Text from the engine (check results, dataset problems, error messages) is shown as the engine
-writes it: it names files and keys, and the English fix is what search engines know.
+Text from the engine (check results, dataset problems, model notes) is English, as the command
+line prints it. Where the engine gives it a message id (`engine.messages.Message`), the wizard
+shows the current language's text for that id (`[engine]` tables; `engine_text`); other engine
+text stays English.
 """
 
 from __future__ import annotations
@@ -95,6 +97,21 @@ def t(message_id: str, **values: Any) -> str:
 
 def has_message(message_id: str) -> bool:
     return message_id in catalogue(SOURCE_LANGUAGE) or f"{message_id}.other" in catalogue(SOURCE_LANGUAGE)
+
+
+def engine_text(text: Any) -> str:
+    """Engine text in the current language: an `engine.messages.Message` by its id from the
+    catalogue's `[engine]` table, filled with its values; English, or any other text, as it is."""
+    message_id = getattr(text, "message_id", None)
+    if message_id is None or _current == SOURCE_LANGUAGE:
+        return "" if text is None else str(text)
+    template = catalogue(_current).get(f"engine.{message_id}")
+    if template is None:
+        return str(text)
+    try:
+        return template.format(**text.values)
+    except (KeyError, IndexError, ValueError):  # a translation that does not fit: the English is right
+        return str(text)
 
 
 def counted(noun: str, count: int) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from engine.checks.dataset_walk import Problem, ScannedConcept
+from engine.messages import Message
 
 # The seed article: at least ~20 images of the subject alone, in varied poses and backgrounds.
 MIN_IMAGES = 20
@@ -26,15 +27,17 @@ def image_problems(scanned: list[ScannedConcept], resolution: int) -> Iterator[P
             if min(width, height) < resolution:
                 yield Problem(
                     "warning", "image.small", image.path,
-                    f"{width}x{height} is smaller than the training resolution ({resolution} px): it is upscaled, which blurs it",
-                    f"use a larger original (at least {resolution} px on each side), or remove it",
+                    Message("dataset.image.small", "{size} is smaller than the training resolution ({resolution} px): it is upscaled, which blurs it",
+                            size=f"{width}x{height}", resolution=resolution),
+                    Message("dataset.image.small.fix", "use a larger original (at least {resolution} px on each side), or remove it", resolution=resolution),
                 )
             ratio = max(width, height) / min(width, height)
             if ratio > MAX_ASPECT_RATIO:
                 yield Problem(
                     "warning", "image.aspect", image.path,
-                    f"{width}x{height} has an extreme aspect ratio ({ratio:.1f}:1, more than {MAX_ASPECT_RATIO:g}:1): most of it is cropped away",
-                    "crop it around the subject to a ratio under 3:1",
+                    Message("dataset.image.aspect", "{size} has an extreme aspect ratio ({ratio}:1, more than {limit}:1): most of it is cropped away",
+                            size=f"{width}x{height}", ratio=f"{ratio:.1f}", limit=f"{MAX_ASPECT_RATIO:g}"),
+                    Message("dataset.image.aspect.fix", "crop it around the subject to a ratio under 3:1"),
                 )
 
 
@@ -46,8 +49,8 @@ def duplicate_problems(scanned: list[ScannedConcept]) -> Iterator[Problem]:
             if original != image.path:
                 yield Problem(
                     "warning", "image.duplicate", image.path,
-                    f"the same pixels as {original}: this picture counts twice",
-                    "delete one of the two",
+                    Message("dataset.image.duplicate", "the same pixels as {original}: this picture counts twice", original=str(original)),
+                    Message("dataset.image.duplicate.fix", "delete one of the two"),
                 )
 
 
@@ -56,8 +59,9 @@ def few_images_problems(train: list[ScannedConcept]) -> Iterator[Problem]:
         if 0 < len(concept.images) < MIN_IMAGES:
             yield Problem(
                 "warning", "concept.few_images", concept.folder,
-                f"only {len(concept.images)} images; at least {MIN_IMAGES} are recommended (the seed article)",
-                "add images of the subject alone, in varied poses and backgrounds",
+                Message("dataset.concept.few_images", "only {count} images; at least {minimum} are recommended (the seed article)",
+                        count=len(concept.images), minimum=MIN_IMAGES),
+                Message("dataset.concept.few_images.fix", "add images of the subject alone, in varied poses and backgrounds"),
             )
 
 
@@ -75,8 +79,9 @@ def caption_token_problems(train: list[ScannedConcept]) -> Iterator[Problem]:
             if not pattern.search(caption):
                 yield Problem(
                     "warning", "caption.no_token", caption_file,
-                    f"the caption does not contain the instance token `{token}`: this image trains without it",
-                    f"add `{token}` to the caption (a caption replaces the folder's prompt `{concept.prompt}`)",
+                    Message("dataset.caption.no_token", "the caption does not contain the instance token `{token}`: this image trains without it", token=token),
+                    Message("dataset.caption.no_token.fix", "add `{token}` to the caption (a caption replaces the folder's prompt `{prompt}`)",
+                            token=token, prompt=concept.prompt),
                 )
 
 

@@ -34,7 +34,8 @@ def test_every_message_has_a_japanese_translation():
     english, japanese = catalogue("en"), catalogue("ja")
     missing = sorted(set(english) - set(japanese))
     assert not missing, f"messages without Japanese in tui_lora/locale/ja.toml: {missing}"
-    assert not sorted(set(japanese) - set(english)), "ja.toml has messages en.toml does not"
+    # [engine] messages: their English is the engine's (test_engine_messages_have_japanese).
+    assert not sorted(k for k in set(japanese) - set(english) if not k.startswith("engine.")), "ja.toml has messages en.toml does not"
     empty = [key for key, text in japanese.items() if not text.strip()]
     assert not empty, f"empty Japanese messages: {empty}"
     different = [key for key in english if set(PLACEHOLDER.findall(english[key])) != set(PLACEHOLDER.findall(japanese[key]))]
@@ -170,3 +171,58 @@ def test_a_wheel_install_finds_the_themes_and_catalogues(tmp_path):
     assert all(Path(sheet).is_file() and sheet.startswith(themes_dir) for sheet in sheets) and len(sheets) == 3
     assert names == ["lora-wizard-dark", "lora-wizard-light"]
     assert next_in_japanese == "次へ"
+
+
+ENGINE_MESSAGE = re.compile(r'Message\(\s*"([\w.]+)",\s*"((?:[^"\\]|\\.)*)"')
+
+
+def engine_messages() -> dict[str, str]:
+    """Every `engine.messages.Message` in the engine's sources: id -> English template."""
+    found = {}
+    for source in sorted((PACKAGE.parent / "engine").rglob("*.py")):
+        found.update(ENGINE_MESSAGE.findall(source.read_text(encoding="utf-8")))
+    return found
+
+
+def test_engine_messages_have_japanese():
+    english, japanese = engine_messages(), catalogue("ja")
+    assert len(english) >= 10  # the scan finds them
+    missing = sorted(i for i in english if f"engine.{i}" not in japanese)
+    assert not missing, f"engine messages without Japanese in ja.toml [engine]: {missing}"
+    unknown = sorted(k for k in japanese if k.startswith("engine.") and k.removeprefix("engine.") not in english)
+    assert not unknown, f"ja.toml [engine] has ids the engine does not use: {unknown}"
+    different = [i for i in english if set(PLACEHOLDER.findall(english[i])) != set(PLACEHOLDER.findall(japanese[f"engine.{i}"]))]
+    assert not different, f"placeholders differ between the engine and ja.toml: {different}"
+
+
+def test_engine_text_is_shown_in_the_language_and_stays_english_headless():
+    from engine.messages import Message
+    from tui_lora.i18n import engine_text
+
+    small = Message("dataset.image.small", "{size} is smaller than the training resolution ({resolution} px): it is upscaled, which blurs it",
+                    size="64x64", resolution=512)
+    assert small == "64x64 is smaller than the training resolution (512 px): it is upscaled, which blurs it"
+    assert json.loads(json.dumps({"message": small}))["message"] == str(small)  # headless: the English
+    set_language("ja")
+    try:
+        assert engine_text(small) == "64x64 は学習解像度 (512 px) より小さいため拡大され、ぼやけます"
+        assert engine_text("plain engine text") == "plain engine text"
+    finally:
+        set_language("en")
+    assert engine_text(small) == str(small)
+
+
+async def test_the_dataset_problems_are_in_japanese(demo, tmp_path, monkeypatch):
+    monkeypatch.setenv("LANG", "ja_JP.UTF-8")
+    monkeypatch.delenv("LC_ALL", raising=False)
+    monkeypatch.delenv("LC_MESSAGES", raising=False)
+    app = make_app(tmp_path / "data")
+    app.draft.step = "dataset"
+    app.draft.set("dataset.train_dir", str(demo / "train"))
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot, 0.3)
+            rows = [str(w.render()) for w in app.screen.query("#problems StatusRow .status-text")]
+            assert any("学習解像度 (512 px) より小さいため" in row for row in rows), rows
+    finally:
+        set_language("en")

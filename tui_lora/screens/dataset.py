@@ -20,7 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, Input, RadioButton, RadioSet, Static
 
-from tui_lora.i18n import counted, t
+from tui_lora.i18n import counted, engine_text, t
 from tui_lora.screens.base import WizardScreen
 from tui_lora.widgets.captions_section import CaptionsSection
 from tui_lora.widgets.form import FormRow
@@ -325,7 +325,7 @@ class DatasetScreen(WizardScreen):
         where = shown_path(first.path)
         if len(group) > 1:
             where = t("dataset.and_more_files", path=where, count=len(group) - 1)
-        return StatusRow(first.severity, where, first.message, first.fix)
+        return StatusRow(first.severity, where, engine_text(first.message), engine_text(first.fix))
 
     def concept_line(self, concept) -> str:
         kind = t("dataset.kind.reg") if concept.is_reg else t("dataset.kind.train")
