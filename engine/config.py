@@ -152,6 +152,9 @@ class TrainingSection(_Section):
     batch_size: int = Field(1, ge=1, le=1024, description="Images per step (1 when VRAM is under 10 GB)")
     gradient_accumulation: int = Field(1, ge=1, le=1024, description="Batches per optimizer step")
     processes: int = Field(1, ge=1, le=1024, description="Data-parallel processes (GPUs); batch_size is per process")
+    cpu_threads: int | None = Field(
+        None, ge=1, le=1024, description="torch's CPU threads; empty = the cores free when the run starts (engine/cpu_threads.py)"
+    )
     unet_lr: float = Field(1e-4, gt=0, le=1.0, description="Learning rate of the UNet LoRA")
     text_encoder_lr: float = Field(5e-5, gt=0, le=1.0, description="Learning rate of the text-encoder LoRA")
     text_encoder_2_lr: float | None = Field(

@@ -16,7 +16,6 @@ Every function here changes nothing on a CPU run: the moves are from the CPU to 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -103,5 +102,6 @@ def loader_workers(device: torch.device, processes: int = 1) -> int:
     4 per training process, leaving that process a core of its own."""
     if device.type != "cuda":
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(4, cores // max(1, processes) - 1))
+    from engine.cpu_threads import allowed_cores
+
+    return max(0, min(4, allowed_cores() // max(1, processes) - 1))

@@ -33,6 +33,7 @@ from engine.checkpoint import (
     write_rank_rng,
 )
 from engine.config import Answers
+from engine.cpu_threads import ThreadChoice, choose_threads, recorded_threads, use_threads
 from engine.dataset import Example
 from engine.errors import UserError
 from engine.events import EventLog
@@ -147,6 +148,7 @@ class Trainer:
         self.fingerprint = dataset_fingerprint(plan.dataset)
         self.started_at = time.time()
         self.resumed = False
+        self.cpu_threads: ThreadChoice | None = None  # decided once per run (engine/cpu_threads.py)
         self.rank, self.world, self.is_main = 0, plan.answers.training.processes, True
         self._geometry: dict[Path, ImageGeometry] = {}
         self.sample_prompts = []
@@ -491,7 +493,7 @@ class Trainer:
         step = start.step
         pending: list[tuple[int, int, Any, float]] = []  # (step, epoch, loss on the device, lr)
         self.events.emit("ready", device=str(self.device), precision=self.precision, total_steps=plan.total_steps,
-                         notes=self.notes)
+                         notes=self.notes, cpu_threads=self.cpu_threads.threads if self.cpu_threads else None)
         if a.samples.at_start and step == 0:
             self.sample(step=0, epoch=0)
         for epoch in range(start.epoch, plan.epochs):
@@ -740,6 +742,12 @@ def train(plan: TrainingPlan, events: EventLog, *, run_dir: Path | None = None, 
         checkpoint = newest_valid_checkpoint(run_dir, on_skip=skipped)
         if checkpoint is not None:
             check_same_dataset(checkpoint.fingerprint, trainer.fingerprint, run_dir)
+    trainer.cpu_threads = choose_threads(
+        plan.answers.training.cpu_threads,
+        recorded=recorded_threads(run_dir / "events.jsonl") if resume and run_dir is not None else None,
+        processes=plan.answers.training.processes,
+    )
+    trainer.cpu_threads = use_threads(trainer.cpu_threads)
     trainer.setup()
     if checkpoint is not None:
         trainer.restore(checkpoint)

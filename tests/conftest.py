@@ -9,6 +9,13 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Runs size torch's threads to the cores free when they start (engine/cpu_threads.py), which
+# depends on what else the machine does. Tests compare runs bit for bit (in this process and in
+# the commands they start): every run here keeps torch's usual count, whatever the load.
+if "OMP_NUM_THREADS" not in os.environ:
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,6 @@ is this check's convention, to test the token and to compare with the regulariza
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -41,11 +40,12 @@ from engine.checks.dataset_findings import (
 )
 from engine.checks.dataset_walk import Listing, Problem, ScannedConcept, Walk
 from engine.checks.tokens import token_problems
+from engine.cpu_threads import allowed_cores
 from engine.dataset import Concept, Example, match_reg_counts
 
 JSON_SCHEMA_VERSION = 1
 # Pillow releases the GIL while decoding and hashlib while hashing: threads overlap both.
-DECODE_THREADS = min(4, os.cpu_count() or 1)
+DECODE_THREADS = min(4, allowed_cores())
 
 
 @dataclass(frozen=True)

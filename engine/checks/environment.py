@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from engine.checks.costs import GiB
+from engine.cpu_threads import allowed_cores, busy_cores
 
 MIN_PYTHON = (3, 10)
 MIN_TORCH = "2.4"
@@ -62,6 +63,9 @@ class GpuFacts:
         if self.bf16 is not None:
             return self.bf16
         return self.compute_capability is not None and self.compute_capability >= (8, 0)
+
+# The check samples the other processes' CPU use for this long (a run samples longer).
+CHECK_SAMPLE_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,10 @@ class MachineFacts:
     disk_free: int | None
     packages: dict[str, str | None] = field(default_factory=dict)  # name -> version, None if missing
     cuda_visible_devices: str | None = None
+    # Cores this process may use (affinity, cgroup quota) and those other processes keep busy:
+    # what sizes torch's threads for a run on the CPU (engine/cpu_threads.py). None: not read.
+    cpu_usable: int | None = None
+    cpu_busy: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +140,8 @@ def gather_facts(output_dir: str | Path | None = None) -> MachineFacts:
         disk_free=free_disk(disk_path),
         packages=read_packages([*REQUIRED_PACKAGES, *OPTIONAL_PACKAGES]),
         cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        cpu_usable=allowed_cores(),
+        cpu_busy=busy_cores(CHECK_SAMPLE_SECONDS),
     )
 
 

@@ -19,6 +19,7 @@ from engine.checks.environment import (
 )
 from engine.checks.items import CheckItem
 from engine.checks.recommend import Recommendations, recommend, training_gpu, visible_gpus
+from engine.cpu_threads import threads_for
 
 # Below this much free disk at the output folder, a run may not be able to save (LoRA files,
 # resumable checkpoints with optimizer state, samples, a disk latent cache).
@@ -36,7 +37,7 @@ def machine_items(facts: MachineFacts, recommendations: Recommendations | None =
     items = [_python_item(facts), _torch_item(facts), _cuda_item(facts), _driver_item(facts)]
     items += [_gpu_item(facts, gpu) for gpu in facts.gpus]
     items += _processes_items(facts, recommendations)
-    items += [_cpu_item(facts), _memory_item(facts, recommendations), disk_item(facts.disk_path, facts.disk_free, "disk", "system")]
+    items += [_cpu_item(facts, recommendations.device), _memory_item(facts, recommendations), disk_item(facts.disk_path, facts.disk_free, "disk", "system")]
     items += [_package_item(name, facts.packages.get(name), minimum) for name, minimum in REQUIRED_PACKAGES.items()]
     items += [_optional_package_item(name, facts.packages.get(name), use) for name, use in OPTIONAL_PACKAGES.items()]
     return items
@@ -173,8 +174,19 @@ def _processes_items(facts: MachineFacts, recommendations: Recommendations) -> l
     ]
 
 
-def _cpu_item(facts: MachineFacts) -> CheckItem:
-    return CheckItem("cpu", "system", "CPU", "ok", f"{facts.cpu_cores} physical cores")
+def _cpu_item(facts: MachineFacts, device_kind: str) -> CheckItem:
+    summary = f"{facts.cpu_cores} physical cores"
+    if facts.cpu_usable is None or facts.cpu_busy is None:
+        return CheckItem("cpu", "system", "CPU", "ok", summary)
+    threads = threads_for(facts.cpu_usable, facts.cpu_busy)
+    summary += f"; {facts.cpu_usable} usable here, {facts.cpu_busy:.1f} kept busy by other processes: torch would get {threads} threads"
+    if device_kind == "cpu" and threads < facts.cpu_usable:
+        return CheckItem(
+            "cpu", "system", "CPU", "warn", summary,
+            "training on the CPU shares it with those processes; fewer threads keep it from slowing to a crawl, "
+            "and [training] cpu_threads sets the count",
+        )
+    return CheckItem("cpu", "system", "CPU", "ok", summary)
 
 
 def _memory_item(facts: MachineFacts, recommendations: Recommendations) -> CheckItem:

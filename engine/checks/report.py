@@ -185,6 +185,8 @@ def _machine_dict(facts: MachineFacts) -> dict[str, Any]:
             for gpu in facts.gpus
         ],
         "cpu_cores": facts.cpu_cores,
+        "cpu_usable": facts.cpu_usable,
+        "cpu_busy": facts.cpu_busy,
         "ram_total_bytes": facts.ram_total,
         "ram_available_bytes": facts.ram_available,
         "swap_total_bytes": facts.swap_total,

@@ -24,7 +24,7 @@ SCHEMA_DOC = REPO / "docs" / "check-json.md"
 TOP_KEYS = {"schema_version", "status", "answers_file", "items", "machine", "recommendations", "estimate"}
 ITEM_KEYS = {"id", "group", "title", "status", "summary", "remedy"}
 MACHINE_KEYS = {
-    "python", "platform", "torch", "nvidia_driver", "gpus", "cpu_cores", "ram_total_bytes", "ram_available_bytes",
+    "python", "platform", "torch", "nvidia_driver", "gpus", "cpu_cores", "cpu_usable", "cpu_busy", "ram_total_bytes", "ram_available_bytes",
     "swap_total_bytes", "swap_free_bytes", "disk", "packages",
 }
 TORCH_KEYS = {"version", "build", "cuda_version", "hip_version", "cuda_available", "mps_available", "error"}
