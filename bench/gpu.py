@@ -6,6 +6,7 @@ and saved as diffusers folders the engine loads as usual: nothing is downloaded,
 depend on the weights. Each case runs in its own process (bench/gpu_case.py) so that its peak
 memory is its own: SD 1.5 at 512 px per (batch, gradient checkpointing, option), and SDXL at
 1024 px once, with kohya's SDXL memory savings (the wizard's recommendation for an 8 GB card).
+FLUX.1 [dev] at 1024 px, rank 16, with and without fp8 and offloading: bench/gpu_flux.py.
 
 Model FLOP utilisation = images/s x TFLOP per image (one LoRA step, forward + the backward to the
 activations: 1.6 for SD 1.5 at 512 px, 13.5 for SDXL at 1024 px; ../shared/reference/
@@ -236,6 +237,8 @@ def measure_gpu(work_dir: Path, *, quick: bool) -> dict[str, Any]:
     if not torch.cuda.is_available():
         build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no usable GPU"
         return {"measured": False, "reason": f"no CUDA device on this machine (torch {torch.__version__}, {build})"}
+    from bench.gpu_flux import measure_flux
+
     name = torch.cuda.get_device_name(0)
     peak = peak_tflops(name)
     model, train = build_sd15_folder(work_dir / "sd15")
@@ -257,4 +260,6 @@ def measure_gpu(work_dir: Path, *, quick: bool) -> dict[str, Any]:
         "cases": cases,
         # --quick: one short block, enough to show the SDXL path runs on this GPU.
         "sdxl": measure_sdxl(work_dir / "sdxl", peak=peak, steps=2 if quick else 10, rounds=1 if quick else 3),
+        # FLUX.1 at 1024 px, rank 16, with and without fp8 and offloading (bench/gpu_flux.py).
+        "flux": measure_flux(work_dir / "flux", peak=peak, steps=2 if quick else 5, rounds=1 if quick else 2),
     }

@@ -10,6 +10,10 @@ CPU too (the smoke tests do, on small models), where the CUDA-only figures are l
 
     python bench/gpu_case.py --model DIR --train DIR --resolution 512 --batch 16 [--checkpointing] [--uncached]
                              [--channels-last] [--compile] [--optimizer adamw8bit]
+    python bench/gpu_case.py --model flux1-dev.safetensors --ae ae.safetensors --clip-l clip_l.safetensors
+                             --t5xxl t5xxl_fp16.safetensors --train DIR --resolution 1024 --dim 16 --checkpointing [--fp8] [--offload]
+
+A FLUX.1 case (kohya's four files) times the engine alone: the bare loop is SD's.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def case_answers(args: argparse.Namespace, output_dir: Path, cache_latents: str = "memory") -> dict[str, Any]:
-    return {
+    answers = {
         "model": {"path": str(args.model)},
         "dataset": {"train_dir": str(args.train), "resolution": args.resolution},
         "network": {"dim": args.dim, "alpha": args.dim, "train_text_encoder": False},
@@ -35,11 +39,16 @@ def case_answers(args: argparse.Namespace, output_dir: Path, cache_latents: str 
         "checkpoints": {"every_epoch": False},
         "output": {"dir": str(output_dir), "name": "bench-case", "overwrite": True},
     }
+    if args.ae:  # FLUX.1 in kohya's four files, with its memory settings
+        answers["model"].update({"ae": str(args.ae), "clip_l": str(args.clip_l), "t5xxl": str(args.t5xxl)})
+        answers["training"].update({"fp8_base": args.fp8, "offload_blocks": args.offload})
+    return answers
 
 
 def case_options(args: argparse.Namespace) -> list[str]:
     """The engine settings this case turns on beyond the defaults (the bare loop has none of them)."""
-    return [name for name, on in (("channels_last", args.channels_last), ("compile", args.compile)) if on]
+    options = (("channels_last", args.channels_last), ("compile", args.compile), ("fp8_base", args.fp8), ("offload_blocks", args.offload))
+    return [name for name, on in options if on]
 
 
 def run_case(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
@@ -78,17 +87,20 @@ def run_case(args: argparse.Namespace, output_dir: Path) -> dict[str, Any]:
         result["process_peak_method"] = method
         result["engine_syncs_per_step"] = host_syncs_per_step(engine.run_steps, args.steps)
     result["lora_grads"] = lora_gradient_coverage(engine)
-    bare = BareLoop(engine)
-    if cuda:
-        result["bare_syncs_per_step"] = host_syncs_per_step(bare.run_steps, args.steps)
-    runners = {"engine": engine.run_steps, "bare": bare.run_steps}
+    runners = {"engine": engine.run_steps}
+    if not args.ae:  # the bare loop conditions SD's UNets only
+        bare = BareLoop(engine)
+        if cuda:
+            result["bare_syncs_per_step"] = host_syncs_per_step(bare.run_steps, args.steps)
+        runners["bare"] = bare.run_steps
     if args.uncached:
         uncached = EngineVariant(case_answers(args, output_dir, cache_latents="off"))
         runners["uncached"] = uncached.run_steps
     times = interleave(runners, rounds=args.rounds, steps=args.steps, warmup_steps=1)
     result["engine"] = summary(times["engine"], args.batch)
-    result["bare"] = summary(times["bare"], args.batch)
-    result["engine_over_bare"] = paired_ratio(times["engine"], times["bare"])
+    if "bare" in times:
+        result["bare"] = summary(times["bare"], args.batch)
+        result["engine_over_bare"] = paired_ratio(times["engine"], times["bare"])
     if args.uncached:
         result["uncached"] = summary(times["uncached"], args.batch)
         result["latent_cache_speedup"] = paired_ratio(times["uncached"], times["engine"])
@@ -99,7 +111,12 @@ def main() -> None:
     import tempfile
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, required=True, help="diffusers folder")
+    parser.add_argument("--model", type=Path, required=True, help="diffusers folder, or a FLUX.1 transformer file")
+    parser.add_argument("--ae", type=Path, help="FLUX.1: ae.safetensors (with --clip-l and --t5xxl)")
+    parser.add_argument("--clip-l", type=Path, help="FLUX.1: clip_l.safetensors")
+    parser.add_argument("--t5xxl", type=Path, help="FLUX.1: t5xxl_fp16.safetensors")
+    parser.add_argument("--fp8", action="store_true", help="FLUX.1: the engine's `[training] fp8_base = true`")
+    parser.add_argument("--offload", action="store_true", help="FLUX.1: the engine's `[training] offload_blocks = true`")
     parser.add_argument("--train", type=Path, required=True, help="training root (kohya folders)")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--batch", type=int, default=1)

@@ -170,7 +170,36 @@ def gpu_table(gpu: dict[str, Any]) -> str:
             f"{_fmt(case.get('engine_syncs_per_step'), 1)} ({_fmt(case.get('bare_syncs_per_step'), 1)}) | "
             f"{case['lora_grads'][0]}/{case['lora_grads'][1]} | {_fmt(case.get('first_block_s'), 1, ' s')} |"
         )
-    lines += ["", sdxl_table(gpu.get("sdxl"))]
+    lines += ["", sdxl_table(gpu.get("sdxl")), "", flux_table(gpu.get("flux"))]
+    return "\n".join(lines)
+
+
+def flux_table(flux: dict[str, Any] | None) -> str:
+    """The FLUX.1 cases (bench/gpu_flux.py measure_flux): one row per memory setting, then issue 17's goals."""
+    if not flux or not flux.get("measured"):
+        return f"FLUX.1 at 1024 px: not measured: {(flux or {}).get('reason') or 'not in this run'}."
+    lines = [
+        f"FLUX.1 dev shapes, random weights, {flux['resolution']} px, batch {flux['batch']}, LoRA rank {flux['lora_dim']}: "
+        f"{flux['settings']}; {flux['optimizer_note']} (MFU counts {flux['tflop_per_image']} TFLOP per image):",
+        "",
+        "| Weights | Engine img/s | MFU | Peak VRAM allocated (reserved), steps | Setup (caching) | Peak for the goals | LoRA grads | First block |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, case in flux["cases"].items():
+        if "engine" not in case:
+            lines.append(f"| {name} | failed: {case['failed'][-200:].replace('|', '/').splitlines()[-1]} | | | | | | |")
+            continue
+        lines.append(
+            f"| {name} | {case['engine']['images_per_second']:.3f} | {_fmt(case.get('mfu'), 3)} | {_gib_pair(case, 'peak')} | "
+            f"{_gib_pair(case, 'setup_peak')} | {_fmt(case.get('peak_gb'), 2, ' GB')} | "
+            f"{case['lora_grads'][0]}/{case['lora_grads'][1]} | {_fmt(case.get('first_block_s'), 1, ' s')} |"
+        )
+    lines += [
+        "",
+        f"Goals (issue 17): fp8 within 16 GB: {_met(flux.get('fp8_within_goal'))}; offloading within 12 GB: "
+        f"{_met(flux.get('offload_within_goal'))}; offloading's step time over fp8's: {_fmt(flux.get('offload_slowdown'), 2, 'x')} "
+        f"(at most 1.3x: {_met(flux.get('offload_slowdown_within_goal'))}).",
+    ]
     return "\n".join(lines)
 
 

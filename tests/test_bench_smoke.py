@@ -156,3 +156,50 @@ def test_full_bench_model_costs_what_sd15_costs(monkeypatch) -> None:
     assert 1.6 < sd15["lora_step_gflop"] / 1000 < 1.9  # performance-facts.md: about 1.6 TFLOP
     assert abs(bench["vae_encode_per_lora_step"] - sd15["vae_encode_per_lora_step"]) < 0.05
     assert bench["text_encoder_per_unet_forward"] < 0.03
+
+
+def tiny_flux_configs() -> dict:
+    """engine/tiny_flux.py's tiny FLUX.1 dev shape as the part configs bench/gpu_flux.py builds from."""
+    from engine.tiny_flux import tiny_flux_transformer, tiny_flux_vae, tiny_t5_encoder
+
+    transformer, vae, t5 = tiny_flux_transformer(), tiny_flux_vae(), tiny_t5_encoder(1000)
+    from engine.tiny import tiny_text_encoder_config
+    from engine.tiny_flux import TINY_CLIP_WIDTH
+
+    return {
+        "transformer": {key: value for key, value in transformer.config.items() if not key.startswith("_")},
+        "ae": {key: value for key, value in vae.config.items() if not key.startswith("_")},
+        "clip": tiny_text_encoder_config(1000, hidden=TINY_CLIP_WIDTH).to_dict(),
+        "t5": {**t5.config.to_dict(), "is_encoder_decoder": False},
+    }
+
+
+def test_flux_cases_run_on_the_cpu_on_a_tiny_flux_model(tmp_path, monkeypatch) -> None:
+    """The GPU section's FLUX.1 path end to end on the tiny FLUX.1 shape at 64 px, one step each: the
+    four bf16 files built from part configs, each memory setting in its own process (rank 16, the
+    transformer only, gradient checkpointing), and the report's rows. Offloading only acts on CUDA."""
+    import torch
+    from safetensors.torch import load_file
+
+    monkeypatch.syspath_prepend(str(REPO))
+    from bench.gpu_flux import FLUX_SETTINGS, measure_flux
+    from bench.report import flux_table
+
+    flux = measure_flux(tmp_path / "flux", peak=None, steps=1, rounds=1, configs=tiny_flux_configs(), resolution=64, images=2)
+    assert flux["measured"], flux
+    transformer = load_file(tmp_path / "flux" / "flux1-dev.safetensors")
+    assert "double_blocks.0.img_attn.qkv.weight" in transformer  # BFL's layout
+    assert {tensor.dtype for tensor in transformer.values()} == {torch.bfloat16}  # built in bf16
+    assert list(flux["cases"]) == [name for name, _, _ in FLUX_SETTINGS]
+    for (name, fp8, offload), case in zip(FLUX_SETTINGS, flux["cases"].values(), strict=True):
+        assert "failed" not in case, case.get("failed")
+        assert case["family"] == "flux1-dev" and case["resolution"] == 64 and case["checkpointing"]
+        assert ("fp8_base" in case["options"], "offload_blocks" in case["options"]) == (fp8, offload), name
+        reached, total = case["lora_grads"]
+        assert total > 0 and reached == total
+        assert case["engine"]["images_per_second"] > 0 and "bare" not in case
+    if not torch.cuda.is_available():
+        assert flux["fp8_within_goal"] is None and flux["offload_slowdown_within_goal"] is None
+    table = flux_table(flux)
+    assert table.startswith("FLUX.1 dev shapes, random weights, 64 px, batch 1, LoRA rank 16")
+    assert "| fp8 + offloading |" in table and "Goals (issue 17)" in table
