@@ -20,11 +20,14 @@ from engine.checks.environment import (
 from engine.checks.items import CheckItem
 from engine.checks.recommend import Recommendations, recommend, training_gpu, visible_gpus
 from engine.cpu_threads import threads_for
+from engine.messages import Message
 
 # Below this much free disk at the output folder, a run may not be able to save (LoRA files,
 # resumable checkpoints with optimizer state, samples, a disk latent cache).
 DISK_WARN = 5 * GiB
 DISK_FAIL = 1 * GiB
+MEMORY = Message("check.memory.title", "Memory")
+CPU = Message("check.cpu.title", "CPU")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,7 +77,7 @@ def _torch_item(facts: MachineFacts) -> CheckItem:
 
 def _cuda_item(facts: MachineFacts) -> CheckItem:
     torch = facts.torch
-    title = "GPU for training"
+    title = Message("check.cuda.title", "GPU for training")
     if torch.cuda_available and facts.gpus:
         gpu = training_gpu(facts)
         problem = _arch_problem(torch.arch_list, gpu.compute_capability if gpu else None)
@@ -88,8 +91,8 @@ def _cuda_item(facts: MachineFacts) -> CheckItem:
     if facts.gpus:
         return CheckItem("cuda", "system", title, "fail", "the GPU is unused: torch has no CUDA", "install a CUDA build of torch (see the torch line)")
     return CheckItem(
-        "cuda", "system", title, "warn", "no GPU found: training runs on the CPU, very slowly (see the estimate)",
-        "use a machine with an NVIDIA GPU and its driver for real runs",
+        "cuda", "system", title, "warn", Message("check.cuda.none", "no GPU found: training runs on the CPU, very slowly (see the estimate)"),
+        Message("check.cuda.none.fix", "use a machine with an NVIDIA GPU and its driver for real runs"),
     )
 
 
@@ -117,13 +120,13 @@ def _arch_problem(arch_list: tuple[str, ...], capability: tuple[int, int] | None
 
 def _driver_item(facts: MachineFacts) -> CheckItem:
     driver = facts.driver
-    title = "NVIDIA driver"
+    title = Message("check.nvidia_driver.title", "NVIDIA driver")
     if driver.status != "ok" and (facts.torch.build == "rocm" and facts.torch.cuda_available or facts.torch.mps_available):
         return CheckItem("nvidia_driver", "gpu", title, "ok", "not needed: torch uses the " + ("AMD GPU (ROCm)" if facts.torch.build == "rocm" else "Apple GPU"))
     if driver.status == "not_found":
         return CheckItem(
-            "nvidia_driver", "gpu", title, "warn", "not found (no NVIDIA GPU, or no driver installed)",
-            "on a machine with an NVIDIA GPU, install the NVIDIA driver; `nvidia-smi` must work",
+            "nvidia_driver", "gpu", title, "warn", Message("check.nvidia_driver.not_found", "not found (no NVIDIA GPU, or no driver installed)"),
+            Message("check.nvidia_driver.not_found.fix", "on a machine with an NVIDIA GPU, install the NVIDIA driver; `nvidia-smi` must work"),
         )
     if driver.status == "error":
         return CheckItem("nvidia_driver", "gpu", title, "warn", f"not usable: {driver.error}", "reinstall the NVIDIA driver, then reboot")
@@ -177,7 +180,7 @@ def _processes_items(facts: MachineFacts, recommendations: Recommendations) -> l
 def _cpu_item(facts: MachineFacts, device_kind: str) -> CheckItem:
     summary = f"{facts.cpu_cores} physical cores"
     if facts.cpu_usable is None or facts.cpu_busy is None:
-        return CheckItem("cpu", "system", "CPU", "ok", summary)
+        return CheckItem("cpu", "system", CPU, "ok", summary)
     threads = threads_for(facts.cpu_usable, facts.cpu_busy)
     summary += f"; {facts.cpu_usable} usable here, {facts.cpu_busy:.1f} kept busy by other processes: torch would get {threads} threads"
     if device_kind == "cpu" and threads < facts.cpu_usable:
@@ -186,7 +189,7 @@ def _cpu_item(facts: MachineFacts, device_kind: str) -> CheckItem:
             "training on the CPU shares it with those processes; fewer threads keep it from slowing to a crawl, "
             "and [training] cpu_threads sets the count",
         )
-    return CheckItem("cpu", "system", "CPU", "ok", summary)
+    return CheckItem("cpu", "system", CPU, "ok", summary)
 
 
 def _memory_item(facts: MachineFacts, recommendations: Recommendations) -> CheckItem:
@@ -199,10 +202,10 @@ def _memory_item(facts: MachineFacts, recommendations: Recommendations) -> Check
             if facts.platform == "win32"
             else f"add swap so RAM + swap reaches {gib(needed)} ({recommendations.ram_swap_source})"
         )
-        return CheckItem("memory", "system", "Memory", "warn", summary + f"; loading needs about {gib(needed)}", remedy)
+        return CheckItem("memory", "system", MEMORY, "warn", summary + f"; loading needs about {gib(needed)}", remedy)
     if facts.ram_available + facts.swap_free < needed:
-        return CheckItem("memory", "system", "Memory", "warn", summary + f"; loading needs about {gib(needed)} free", "close other programs before training")
-    return CheckItem("memory", "system", "Memory", "ok", summary)
+        return CheckItem("memory", "system", MEMORY, "warn", summary + f"; loading needs about {gib(needed)} free", "close other programs before training")
+    return CheckItem("memory", "system", MEMORY, "ok", summary)
 
 
 def disk_item(path: Path, free: int | None, item_id: str, group: str) -> CheckItem:

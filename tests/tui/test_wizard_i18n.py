@@ -226,3 +226,20 @@ async def test_the_dataset_problems_are_in_japanese(demo, tmp_path, monkeypatch)
             assert any("学習解像度 (512 px) より小さいため" in row for row in rows), rows
     finally:
         set_language("en")
+
+
+async def test_the_environment_check_is_in_japanese(tmp_path, monkeypatch):
+    from wizard_support import machine_with
+
+    monkeypatch.setenv("LANG", "ja_JP.UTF-8")
+    monkeypatch.delenv("LC_ALL", raising=False)
+    monkeypatch.delenv("LC_MESSAGES", raising=False)
+    app = make_app(tmp_path / "data", facts=machine_with())  # no GPU: training on the CPU
+    app.draft.step = "environment"
+    try:
+        async with app.run_test(size=(80, 40)) as pilot:
+            await settle(pilot, 0.3)
+            rows = " ".join(str(w.render()) for w in app.screen.query("StatusRow .status-text"))
+            assert "学習に使う GPU: GPU が見つかりません" in rows and "NVIDIA ドライバー: 見つかりません" in rows, rows
+    finally:
+        set_language("en")

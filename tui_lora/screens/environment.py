@@ -13,7 +13,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import LoadingIndicator, Static
 
-from tui_lora.i18n import t
+from tui_lora.i18n import engine_text, t
 from tui_lora.screens.base import WizardScreen
 from tui_lora.widgets.status_rows import StatusRow
 
@@ -55,7 +55,7 @@ class EnvironmentScreen(WizardScreen):
         counts = {status: sum(item.status == status for item in report.items) for status in ("ok", "warn", "fail")}
         self.query_one("#env-status", Static).update(t("environment.summary", **counts))
         items = self.query_one("#env-items", Vertical)
-        rows = [StatusRow(item.status, item.title, item.summary, item.remedy) for item in report.items]
+        rows = [StatusRow(item.status, engine_text(item.title), engine_text(item.summary), engine_text(item.remedy) if item.remedy else None) for item in report.items]
         rec = report.recommendations
         rows.append(Static(t("environment.recommended_heading"), classes="heading", markup=False))
         rows.append(
