@@ -26,8 +26,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.buckets import BucketSettings
-from engine.errors import AnswersError
+from engine.errors import AnswersError, UserError
 from engine.files import atomic_write_text
+from engine.prompts import parse_prompt_line
+from engine.samplers import sampler_key
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -217,9 +219,6 @@ class SamplesSection(_Section):
     @field_validator("sampler")
     @classmethod
     def _known_sampler(cls, value: str) -> str:
-        from engine.errors import UserError
-        from engine.sampling import sampler_key
-
         try:
             return sampler_key(value)
         except UserError as exc:
@@ -228,9 +227,6 @@ class SamplesSection(_Section):
     @field_validator("prompts")
     @classmethod
     def _valid_prompt_lines(cls, value: list[str]) -> list[str]:
-        from engine.errors import UserError
-        from engine.sampling import parse_prompt_line
-
         for line in value:
             try:
                 parse_prompt_line(line)

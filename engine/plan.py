@@ -15,6 +15,7 @@ from pathlib import Path
 from engine.buckets import Size, assign_buckets, batch_count
 from engine.config import Answers, NetworkSection
 from engine.dataset import DatasetPlan, plan_dataset
+from engine.prompts import prompts_from_answers
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,6 @@ def prepare_plan(answers: Answers, *, for_resume: bool = False) -> TrainingPlan:
 
         check_flux_answers(answers, plan.resolution)
     if answers.samples.enabled:
-        from engine.sampling import prompts_from_answers
-
         prompts_from_answers(answers.samples, plan.resolution)  # a bad prompt file fails now, not at the first sample
     for image in dict.fromkeys(e.path for e in (*plan.dataset.train_examples, *plan.dataset.reg_examples)):
         open_image(image)

@@ -153,7 +153,7 @@ class Trainer:
         self._geometry: dict[Path, ImageGeometry] = {}
         self.sample_prompts = []
         if plan.answers.samples.enabled:
-            from engine.sampling import prompts_from_answers
+            from engine.prompts import prompts_from_answers
 
             self.sample_prompts = prompts_from_answers(plan.answers.samples, plan.resolution)
         self.examples: list[Example] = plan.dataset.epoch_examples()

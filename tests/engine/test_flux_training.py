@@ -109,7 +109,8 @@ def test_wrong_files_are_refused_before_anything_loads(tmp_path, tiny_flux, tiny
 
 def test_images_from_the_base_model_and_the_trained_lora(tiny_flux, trained):
     from engine.families.flux import FluxOptions
-    from engine.sampling import ImageMaker, SamplePrompt
+    from engine.image_maker import ImageMaker
+    from engine.prompts import SamplePrompt
 
     maker = ImageMaker.from_path(tiny_flux.transformer, device="cpu", flux=FluxOptions(ae=tiny_flux.vae, clip_l=tiny_flux.clip, t5xxl=tiny_flux.t5))
     prompt = SamplePrompt(prompt="a photo of usu bear", width=64, height=64, steps=2, cfg=3.5)

@@ -347,7 +347,7 @@ def test_sigkill_then_resume_is_exact(variant, tmp_path, tiny_model_dir, tiny_da
 
 @pytest.mark.parametrize("variant", ["locon", "locon_dora", "loha", "lokr", "lokr_full"])
 def test_image_maker_applies_the_file_as_trained(variant, tiny_model_dir, tmp_path):
-    from engine.sampling import ImageMaker
+    from engine.image_maker import ImageMaker
 
     trained = trained_like(tiny_model_dir, variant)
     trained.denoiser.eval()

@@ -14,22 +14,14 @@ import pytest
 from PIL import Image
 
 from engine.errors import UserError
-from engine.sampling import (
-    ImageMaker,
-    SamplePrompt,
-    default_reg_count,
-    generate,
-    generate_regularization,
-    parse_lora_tags,
-    parse_prompt_line,
-    parse_prompts,
-    png_bytes,
-    resolve_lora_files,
-    sample_file_name,
-    sample_images,
-    sampler_key,
-    weight_grid,
-)
+from engine.generate import generate, weight_grid
+from engine.image_maker import ImageMaker
+from engine.lora_tags import parse_lora_tags, resolve_lora_files
+from engine.png_files import png_bytes
+from engine.prompts import SamplePrompt, parse_prompt_line, parse_prompts
+from engine.reg_images import default_reg_count, generate_regularization
+from engine.samplers import sampler_key
+from engine.sampling import sample_file_name, sample_images
 from tests.conftest import randomize_lora_weights
 
 PROMPT = SamplePrompt("a photo of usu bear", width=64, height=64, steps=2)
@@ -160,7 +152,7 @@ def test_sampler_names_of_kohya_and_the_web_ui_are_understood(name, key):
 
 
 def test_each_sampler_maps_to_its_diffusers_scheduler_with_the_models_config(maker):
-    from engine.sampling import build_scheduler
+    from engine.pipelines import build_scheduler
 
     schedulers = {name: build_scheduler(maker.model, name) for name in ("euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim")}
     assert type(schedulers["euler_a"]).__name__ == "EulerAncestralDiscreteScheduler"

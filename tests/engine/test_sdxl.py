@@ -33,6 +33,8 @@ from engine.families import ImageGeometry, LoadedModel, inspect_base_model, load
 from engine.families.sdxl import SDXL, time_ids
 from engine.families.sgm_names import block_table, sdxl_block_table, sgm_module_path, sgm_state_dict
 from engine.families.single_file import load_template
+from engine.generate import generate
+from engine.image_maker import ImageMaker
 from engine.network import (
     add_lora,
     kohya_metadata,
@@ -41,7 +43,9 @@ from engine.network import (
     save_lora_file,
 )
 from engine.plan import prepare_plan
-from engine.sampling import ImageMaker, SamplePrompt, generate, png_bytes, sample_images
+from engine.png_files import png_bytes
+from engine.prompts import SamplePrompt
+from engine.sampling import sample_images
 from engine.tiny import write_synthetic_dataset, write_tiny_sdxl_single_file
 from engine.train import Trainer
 from tests.conftest import (

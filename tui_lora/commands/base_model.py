@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.config import Answers
-    from engine.sampling import ImageMaker
+    from engine.image_maker import ImageMaker
 
 
 @dataclass
@@ -26,7 +26,7 @@ class BaseModel:
     flux: Any = None  # FLUX.1's other files and settings (engine.families.flux.FluxOptions), from the answers
 
     def load(self, device: str | None) -> ImageMaker:
-        from engine.sampling import ImageMaker
+        from engine.image_maker import ImageMaker
 
         return ImageMaker.from_path(
             self.path, device=device, tokenizer=self.tokenizer, prediction=self.prediction, clip_skip=self.clip_skip, vae=self.vae,

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from engine.sampling import ImageMaker, SamplePrompt
+    from engine.image_maker import ImageMaker
+    from engine.prompts import SamplePrompt
 
 DEFAULT_OUT = Path("generated")
 SEED_RANGE = 2**32
@@ -71,7 +72,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from engine.config import load_answers
     from engine.errors import UserError
-    from engine.sampling import parse_lora_tags, resolve_lora_files, sampler_key
+    from engine.lora_tags import parse_lora_tags, resolve_lora_files
+    from engine.samplers import sampler_key
     from tui_lora.commands.base_model import base_model
 
     if args.count < 1:
@@ -106,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
 
 def request(args: argparse.Namespace, maker: ImageMaker, size: tuple[int, int] | None, sampler: str | None) -> SamplePrompt:
     """The settings of every image: the options given, the model's resolution and the defaults for the rest."""
-    from engine.sampling import DEFAULT_CFG, DEFAULT_SAMPLER, DEFAULT_STEPS, SamplePrompt
+    from engine.prompts import DEFAULT_CFG, DEFAULT_STEPS, SamplePrompt
+    from engine.samplers import DEFAULT_SAMPLER
 
     side = maker.model.family.default_resolution
     width, height = size or (side, side)
@@ -122,7 +125,8 @@ def request(args: argparse.Namespace, maker: ImageMaker, size: tuple[int, int] |
 
 
 def write_images(maker: ImageMaker, args: argparse.Namespace, prompt: SamplePrompt, seeds: list[int], single_file: bool) -> list[Path]:
-    from engine.sampling import generate, save_image
+    from engine.generate import generate
+    from engine.png_files import save_image
 
     images = generate(maker, args.prompt, prompt, seeds, lora_dir=args.lora_dir)
     if single_file:
@@ -135,7 +139,8 @@ def write_images(maker: ImageMaker, args: argparse.Namespace, prompt: SampleProm
 def write_grid(
     maker: ImageMaker, args: argparse.Namespace, prompt: SamplePrompt, weights: list[float], seeds: list[int], single_file: bool
 ) -> Path:
-    from engine.sampling import image_parameters, save_image, weight_grid
+    from engine.generate import weight_grid
+    from engine.png_files import image_parameters, save_image
 
     grid = weight_grid(maker, args.prompt, prompt, weights, seeds, lora_dir=args.lora_dir)
     parameters = image_parameters(prompt, seeds[0], text=args.prompt, model_name=Path(maker.model.source).name)

@@ -93,7 +93,7 @@ def reg_settings(args: argparse.Namespace) -> RegSettings:
 
 def image_count(args: argparse.Namespace, settings: RegSettings) -> int:
     from engine.errors import UserError
-    from engine.sampling import REG_PER_TRAINING_IMAGE, default_reg_count
+    from engine.reg_images import REG_PER_TRAINING_IMAGE, default_reg_count
 
     if args.count is not None:
         if args.count < 1:
@@ -106,15 +106,9 @@ def image_count(args: argparse.Namespace, settings: RegSettings) -> int:
 
 def run_generate(args: argparse.Namespace) -> int:
     from engine.errors import UserError
-    from engine.sampling import (
-        DEFAULT_CFG,
-        DEFAULT_SAMPLER,
-        DEFAULT_STEPS,
-        generate_regularization,
-        reg_folder,
-        reg_image_path,
-        sampler_key,
-    )
+    from engine.prompts import DEFAULT_CFG, DEFAULT_STEPS
+    from engine.reg_images import generate_regularization, reg_folder, reg_image_path
+    from engine.samplers import DEFAULT_SAMPLER, sampler_key
 
     settings = reg_settings(args)
     count = image_count(args, settings)
