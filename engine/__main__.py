@@ -62,10 +62,11 @@ def exit_status_for_launcher(status: int) -> int:
 
 def run_other_process(run_dir: Path, *, resume: bool) -> int:
     """A data-parallel helper process: trains its share, writes nothing but its RNG state."""
+    from engine.controls import Interrupted, TrainingFailed
     from engine.events import EventLog
     from engine.plan import prepare_plan
     from engine.runs import load_run_answers
-    from engine.train import Interrupted, TrainingFailed, train
+    from engine.train import train
 
     # Signals reach every process; the main one decides when to stop and tells the others.
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config import Answers, load_answers, save_answers
+from engine.controls import Controls
 from engine.errors import UserError
 from engine.events import FINAL_KINDS, EventLog, Listener, read_events
 from engine.plan import TrainingPlan
-from engine.train import Controls
 
 OOM_REMEDY = (
     "out of memory: use batch size 1, turn on gradient checkpointing, keep latent caching on, "
@@ -222,7 +222,8 @@ def execute_run(plan: TrainingPlan, folder: Path, listeners: list[Listener] | No
 
     The caller holds the run's `RunLock` (taken as early as possible, so that a detached engine is
     seen as running from its first second)."""
-    from engine.train import Interrupted, TrainingFailed, train
+    from engine.controls import Interrupted, TrainingFailed
+    from engine.train import train
 
     with EventLog(folder / "events.jsonl", listeners) as events:
         controls = RunControls(folder)

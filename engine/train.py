@@ -1,9 +1,9 @@
-"""The training loop: DreamBooth-style LoRA training, one readable function.
+"""The training loop: DreamBooth-style LoRA training, nanoGPT-style: set up, then one walk over the steps.
 
-    load the base model -> add LoRA layers -> cache latents (and text conditioning when frozen)
-    -> for each optimizer step: the family's objective noises the latents, the denoiser predicts,
-       weighted loss, backward, step
-    -> every few steps read the losses back and report them -> save the LoRA in kohya's format
+    load the base model -> cache latents (and text conditioning when frozen) -> add LoRA layers
+    -> for each optimizer step (engine/schedule.py): noise the latents, predict, weighted MSE,
+       backward, step -> carry out what engine/cadence.py says follows it (log, sample, save,
+       checkpoint, stop) -> save the LoRA in kohya's format
 
 Everything random is derived from the seed and the sample's global index (engine/seeds.py).
 """
@@ -15,133 +15,46 @@ import random
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.cadence import Actions, Cadence
 from engine.captions import augment_caption, flip_sample
 from engine.checkpoint import (
-    LoadedCheckpoint,
     Position,
     check_same_dataset,
-    commit_checkpoint,
     dataset_fingerprint,
     newest_valid_checkpoint,
-    restore_rng_states,
-    stage_checkpoint,
-    staging_dir,
-    write_rank_rng,
 )
-from engine.config import Answers
+from engine.controls import Controls, Interrupted, TrainingFailed, TrainResult
 from engine.cpu_threads import ThreadChoice, choose_threads, recorded_threads, use_threads
 from engine.dataset import Example
-from engine.errors import UserError
 from engine.events import EventLog
 from engine.families import ImageGeometry
-from engine.parking import captions_cacheable
 from engine.plan import TrainingPlan, check_output_free
-from engine.seeds import derive_seed, epoch_order
+from engine.schedule import Batch, PlannedStep, Schedule
 
 if TYPE_CHECKING:
     import torch
 
+    from engine.conditioning import CaptionConditioning
+    from engine.devices import Parking
     from engine.families import LoadedModel
-    from engine.latents import LatentKey
-
-
-class TrainingFailed(Exception):
-    """Training cannot go on (NaN loss, out of memory); carries a remedy for the user."""
-
-    def __init__(self, message: str, remedy: str):
-        super().__init__(message)
-        self.remedy = remedy
-
-
-@dataclass
-class TrainResult:
-    lora_path: Path
-    steps: int
-    epochs: int
-
-
-def resolve_precision(requested: str, device_type: str, bf16_supported: bool) -> str:
-    """`auto` becomes bf16 where supported, else fp16, and no on a CPU."""
-    if device_type == "cpu":
-        if requested == "fp16":
-            raise UserError(
-                "`training.mixed_precision = \"fp16\"` needs a GPU; this run is on the CPU",
-                fix='use "no" (or "bf16") on a CPU, or "auto"',
-            )
-        return "no" if requested == "auto" else requested
-    if requested == "auto":
-        return "bf16" if bf16_supported else "fp16"
-    return requested
-
-
-def build_optimizer(answers: Answers, denoiser_params: list, te_param_lists: list[list], device_type: str):
-    """AdamW (fused on CUDA: one kernel for every LoRA tensor, and no host-device sync under fp16's
-    gradient scaler; the LoRA weights are float32 on the device), 8-bit AdamW or Prodigy, with one
-    learning rate per part. On the CPU AdamW keeps torch's default implementation."""
-    import torch
-
-    training = answers.training
-    groups = [{"params": denoiser_params, "lr": training.unet_lr}]
-    te_rates = [training.text_encoder_lr, training.text_encoder_2_lr or training.text_encoder_lr]
-    for params, lr in zip(te_param_lists, te_rates, strict=False):
-        if params:
-            groups.append({"params": params, "lr": lr})
-    if training.optimizer == "adamw":
-        return torch.optim.AdamW(groups, weight_decay=1e-2, fused=device_type == "cuda")
-    if training.optimizer == "adamw8bit":
-        if device_type != "cuda":
-            raise UserError('`training.optimizer = "adamw8bit"` needs a CUDA GPU', fix='use "adamw"')
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise UserError("8-bit AdamW needs bitsandbytes", fix="pip install 'lora-wizard[bnb]', or use \"adamw\"") from None
-        return bnb.optim.AdamW8bit(groups, weight_decay=1e-2)
-    try:
-        from prodigyopt import Prodigy
-    except ImportError:
-        raise UserError("the Prodigy optimizer needs prodigyopt", fix="pip install 'lora-wizard[prodigy]', or use \"adamw\"") from None
-    return Prodigy(groups, weight_decay=1e-2)
-
-
-def build_lr_scheduler(answers: Answers, optimizer, total_steps: int):
-    from diffusers.optimization import get_scheduler
-
-    training = answers.training
-    name = {"constant": "constant_with_warmup"}.get(training.lr_scheduler, training.lr_scheduler)
-    return get_scheduler(name, optimizer, num_warmup_steps=training.warmup_steps, num_training_steps=total_steps)
-
-
-class Interrupted(Exception):
-    """A stop was requested (SIGINT, SIGTERM or `lora-wizard stop`); a checkpoint was written."""
-
-    def __init__(self, step: int, reason: str):
-        super().__init__(f"stopped at step {step} ({reason})")
-        self.step = step
-        self.reason = reason
-
-
-class Controls:
-    """Requests from outside the loop, polled between steps: None, "checkpoint" or "stop"."""
-
-    reason = ""
-
-    def poll(self) -> str | None:
-        return None
+    from engine.latents import LatentCache, LatentKey
+    from engine.outputs import RunOutputs
+    from engine.train_state import TrainingState
 
 
 class Trainer:
-    """Holds what the loop needs; `run()` is the loop."""
+    """Holds what the loop needs: `setup()` builds it, `run()` is the loop."""
 
     before_checkpoint_commit = None  # a test hook (see engine.checkpoint.commit_checkpoint)
     data_workers: int | None = None  # image-decoding processes without a latent cache; None: engine.devices decides
 
     def __init__(self, plan: TrainingPlan, events: EventLog, *, run_dir: Path | None = None, controls: Controls | None = None):
+        a = plan.answers
         self.plan = plan
-        self.answers = plan.answers
+        self.answers = a
         self.events = events
         self.run_dir = run_dir
         self.controls = controls or Controls()
@@ -149,145 +62,105 @@ class Trainer:
         self.started_at = time.time()
         self.resumed = False
         self.cpu_threads: ThreadChoice | None = None  # decided once per run (engine/cpu_threads.py)
-        self.rank, self.world, self.is_main = 0, plan.answers.training.processes, True
-        self._geometry: dict[Path, ImageGeometry] = {}
+        self.session_id = str(random.randint(0, 2**32 - 1))  # kohya's ss_session_id
+        self.examples: list[Example] = plan.dataset.epoch_examples()
+        self.schedule = Schedule(self.examples, plan.sizes, a.training.seed, plan.global_batch,
+                                 a.training.gradient_accumulation, plan.epochs, plan.total_steps)
+        self.cadence = Cadence.from_answers(a, total_steps=plan.total_steps, steps_per_epoch=plan.steps_per_epoch)
         self.sample_prompts = []
-        if plan.answers.samples.enabled:
+        if a.samples.enabled:
             from engine.prompts import prompts_from_answers
 
-            self.sample_prompts = prompts_from_answers(plan.answers.samples, plan.resolution)
-        self.examples: list[Example] = plan.dataset.epoch_examples()
-        self.session_id = str(random.randint(0, 2**32 - 1))  # kohya's ss_session_id
+            self.sample_prompts = prompts_from_answers(a.samples, plan.resolution)
+        self.rank, self.world, self.is_main = 0, a.training.processes, True
+        self.pending: list[tuple[int, int, Any, float]] = []  # (step, epoch, loss on the device, lr): not yet reported
+        self._geometry: dict[Path, ImageGeometry] = {}
+        # Built by setup(), phase by phase:
+        self.precision = "no"
+        self.accelerator: Any = None
+        self.device: Any = None
+        self.weight_dtype: Any = None  # the frozen base weights' dtype
+        self.model: LoadedModel = None  # type: ignore[assignment]
+        self.parking: Parking = None  # type: ignore[assignment]
+        self.latents: LatentCache = None  # type: ignore[assignment]
+        self.conditioning: CaptionConditioning = None  # type: ignore[assignment]
+        self.notes: list[str] = []  # what of `[network] init_from` was kept fresh or ignored
+        self.denoiser_params: list = []
+        self.te_params: list = []
+        self.optimizer: Any = None
+        self.lr_scheduler: Any = None
+        self.state: TrainingState = None  # type: ignore[assignment]
+        self.outputs: RunOutputs = None  # type: ignore[assignment]
 
     # --- setup -------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        import torch
-        from accelerate import Accelerator
-
-        from engine.devices import Parking, enable_tf32, use_channels_last
+        """The parts reach the GPU one at a time, each doing its caching work before the next
+        arrives (kohya's order), so setup never holds every part at once: for SDXL the fp32 VAE
+        encoding 1024 px images alone is ~3.4 GiB, with the UNet and text encoders ~9.7 GiB."""
+        from engine.devices import Parking
         from engine.families import load_base_model
         from engine.families.flux import flux_options
-        from engine.latents import LatentCache
-        from engine.network import (
-            NetworkSpec,
-            add_network,
-            load_lora_file_into,
-            lora_parameters,
-            text_encoder_parameters,
-        )
+        from engine.outputs import RunOutputs
         from engine.parking import offloadable_parts
+        from engine.setup import add_lora_layers, frozen_dtype, prepare_for_training, start_accelerator
+        from engine.train_state import TrainingState
 
         a = self.answers
-        device_type = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-        bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()
-        self.precision = resolve_precision(a.training.mixed_precision, device_type, bf16)
-        # Under torchrun, accelerate joins the process group (NCCL on GPUs, gloo on CPUs).
-        self.accelerator = Accelerator(mixed_precision=self.precision, cpu=device_type == "cpu")
+        self.accelerator, self.precision, device_type = start_accelerator(a)
         self.device = self.accelerator.device
-        self.rank = self.accelerator.process_index
-        self.world = self.accelerator.num_processes
-        self.is_main = self.accelerator.is_main_process
-        if self.world != a.training.processes:
-            raise UserError(
-                f"`training.processes = {a.training.processes}` but {self.world} processes were started",
-                fix="start it with `lora-wizard train` (it launches the processes), or set processes to match",
-            )
-        if a.output.tensorboard and self.is_main:
-            from engine.tensorboard import check_tensorboard_installed
-
-            check_tensorboard_installed()
-        enable_tf32(self.device)
-
-        model = load_base_model(
+        self.rank, self.world, self.is_main = self.accelerator.process_index, self.accelerator.num_processes, self.accelerator.is_main_process
+        self.model = load_base_model(
             a.model.path, prediction=a.model.prediction, tokenizer=a.model.tokenizer, vae=a.model.vae, flux=flux_options(a.model, a.training)
         )
-        self.model = model
-        # Frozen base weights in the training precision on a GPU (as kohya: only the LoRA weights
-        # are fp32). The base model's VAE stays fp32 (SDXL's overflows in fp16: kohya's
-        # --no_half_vae); one given in `[model] vae` is taken to be fp16-safe (e.g.
-        # madebyollin/sdxl-vae-fp16-fix) and runs in the training precision.
-        weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
-        if device_type == "cpu":
-            weight_dtype = torch.float32
-        self.parking = Parking(self.device, {"vae": [model.vae], "text_encoders": list(model.text_encoders)})
+        self.weight_dtype = frozen_dtype(self.precision, device_type)
+        self.parking = Parking(self.device, {"vae": [self.model.vae], "text_encoders": list(self.model.text_encoders)})
         parked = offloadable_parts(a)
+        self.cache_latents()
+        self.parking.park(parked & {"vae"})
+        self.cache_captions()
+        self.parking.park(parked & {"text_encoders"})
+        self.denoiser_params, self.te_params, self.notes = add_lora_layers(self.model, a, self.device, self.weight_dtype)
+        self.optimizer, self.lr_scheduler = prepare_for_training(
+            self.accelerator, self.model, a, denoiser_params=self.denoiser_params, total_steps=self.plan.total_steps,
+            device_type=device_type, text_encoders_parked="text_encoders" in self.parking.parked,
+        )
+        self.state = TrainingState(self.accelerator, self.model, self.optimizer, self.lr_scheduler)
+        self.outputs = RunOutputs(self.plan, self.events, accelerator=self.accelerator, model=self.model, parking=self.parking,
+                                  precision=self.precision, folder=self.run_folder(), sample_prompts=self.sample_prompts,
+                                  started_at=self.started_at, session_id=self.session_id)
 
-        # The parts reach the GPU one at a time, each doing its caching work before the next
-        # arrives (kohya's order), so setup never holds every part at once: for SDXL the fp32 VAE
-        # encoding 1024 px images alone is ~3.4 GiB, with the UNet and text encoders ~9.7 GiB.
-        model.vae.to(self.device, dtype=weight_dtype if a.model.vae else torch.float32).requires_grad_(False).eval()
+    def cache_latents(self) -> None:
+        """The VAE on the device, and with a latent cache every image encoded now. The base model's
+        VAE stays fp32 (SDXL's overflows in fp16: kohya's --no_half_vae); one given in `[model] vae`
+        is taken to be fp16-safe (e.g. madebyollin/sdxl-vae-fp16-fix) and runs in the training
+        precision."""
+        import torch
+
+        from engine.latents import LatentCache
+
+        a = self.answers
+        self.model.vae.to(self.device, dtype=self.weight_dtype if a.model.vae else torch.float32).requires_grad_(False).eval()
         cache_folder = a.output.dir / ".latent-cache" if a.training.cache_latents == "disk" else None
         self.latents = LatentCache(
-            model, mode=a.training.latents, seed=a.training.seed, keep=a.training.cache_latents != "off", folder=cache_folder
+            self.model, mode=a.training.latents, seed=a.training.seed, keep=a.training.cache_latents != "off", folder=cache_folder
         )
         self.latents.vae_in_use = lambda: self.parking.in_use("vae")
         if a.training.cache_latents != "off":
             self.cache_all_latents()
-        self.parking.park(parked & {"vae"})
 
-        for encoder in model.text_encoders:
-            encoder.to(self.device, dtype=weight_dtype).requires_grad_(False)
-        self._conditioning_cache: dict[str, dict[str, Any]] = {}
-        if captions_cacheable(a):
-            # Every caption now, under the loop's autocast, so that the frozen text encoders can
-            # wait in host memory while the UNet trains.
+    def cache_captions(self) -> None:
+        """The text encoders on the device; when their output can be cached, every caption encoded
+        now, under the loop's autocast, so that the frozen text encoders can wait in host memory
+        while the denoiser trains."""
+        from engine.conditioning import CaptionConditioning
+
+        for encoder in self.model.text_encoders:
+            encoder.to(self.device, dtype=self.weight_dtype).requires_grad_(False)
+        self.conditioning = CaptionConditioning(self.model, self.answers, self.parking)
+        if self.conditioning.cacheable:
             with self.accelerator.autocast():
-                self.encode_captions([e.caption for e in self.examples])
-        self.parking.park(parked & {"text_encoders"})
-
-        self.place_denoiser(weight_dtype)
-        if use_channels_last(self.device, a.training.channels_last):
-            model.denoiser.to(memory_format=torch.channels_last)  # before the LoRA layers: those stay contiguous
-        # The LoRA's initial (random) down weights come from the global generator: seed it.
-        torch.manual_seed(derive_seed(a.training.seed, "lora-init"))
-        add_network(model, NetworkSpec.from_section(a.network), train_text_encoder=a.network.train_text_encoder)
-        # What of `[network] init_from` was kept fresh or ignored: the `ready` event's notes say so.
-        self.notes = load_lora_file_into(model, a.network.init_from).notes if a.network.init_from else []
-        self.denoiser_params, self.te_params = lora_parameters(model)
-        for param in (*self.denoiser_params, *self.te_params):
-            param.data = param.data.float()
-        model.denoiser.train()
-        trained_encoders = model.family.trainable_text_encoders(model) if a.network.train_text_encoder else []
-        for encoder in model.text_encoders:
-            encoder.train(any(encoder is trained for trained in trained_encoders))
-        if a.training.gradient_checkpointing or a.training.offload_blocks:
-            model.denoiser.enable_gradient_checkpointing()
-            for encoder in trained_encoders:
-                encoder.gradient_checkpointing_enable()
-
-        self.optimizer = build_optimizer(a, self.denoiser_params, text_encoder_parameters(model), device_type)
-        self.lr_scheduler = build_lr_scheduler(a, self.optimizer, self.plan.total_steps)
-        # Parked text encoders stay out of `prepare`: it would move them back to the GPU, and they
-        # only run again for sample images, which use the unwrapped model anyway.
-        encoders_in_loop = [] if "text_encoders" in self.parking.parked else list(model.text_encoders)
-        # Group offloading places the blocks itself: accelerate must not move the whole denoiser over.
-        offloaded = a.training.offload_blocks and self.device.type == "cuda"
-        placement = [not offloaded] + [True] * (len(encoders_in_loop) + 1)
-        model.denoiser, *prepared_encoders, self.optimizer = self.accelerator.prepare(
-            model.denoiser, *encoders_in_loop, self.optimizer, device_placement=placement
-        )
-        if encoders_in_loop:
-            model.text_encoders = prepared_encoders
-        if a.training.compile:
-            model.denoiser.compile()  # in place: the module and its parameter names stay as they are
-
-    def place_denoiser(self, weight_dtype: torch.dtype) -> None:
-        """The frozen denoiser on the device in the training precision; with `fp8_base` stored in
-        float8 and widened per layer, with `offload_blocks` its blocks in host memory until they run
-        (diffusers' mechanisms: engine/families/flux_memory.py)."""
-        from engine.families.flux_memory import offload_blocks, store_in_fp8
-
-        training = self.answers.training
-        denoiser = self.model.denoiser
-        if training.offload_blocks and self.device.type == "cuda":
-            denoiser.to(dtype=weight_dtype)
-            offload_blocks(denoiser, self.device)
-        else:
-            denoiser.to(self.device, dtype=weight_dtype)
-        denoiser.requires_grad_(False)
-        if training.fp8_base:
-            store_in_fp8(denoiser, weight_dtype)
+                self.conditioning.encode_ahead([e.caption for e in self.examples])
 
     def cache_all_latents(self) -> None:
         """Encode every image (and its mirror when flipping) once; on a GPU the images are decoded
@@ -342,37 +215,6 @@ class Trainer:
 
     # --- one batch ---------------------------------------------------------------------------
 
-    def conditioning(self, captions: list[str]) -> dict[str, Any]:
-        import torch
-
-        model = self.model
-        family = model.family
-        clip_skip = self.answers.training.clip_skip
-        if self.answers.network.train_text_encoder:
-            return family.encode(model, family.tokenize(model, captions), clip_skip)
-        if not captions_cacheable(self.answers):  # too many variants to cache: encode each time, frozen
-            with torch.no_grad():
-                return family.encode(model, family.tokenize(model, captions), clip_skip)
-        self.encode_captions(captions)
-        parts = [self._conditioning_cache[c] for c in captions]
-        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-    def encode_captions(self, captions: list[str]) -> None:
-        """Cache the frozen text encoders' conditioning of the captions not cached yet. Each caption
-        is encoded on its own, so the values do not depend on which captions shared a batch (a
-        resumed run sees other batches first)."""
-        import torch
-
-        model = self.model
-        family = model.family
-        missing = [c for c in dict.fromkeys(captions) if c not in self._conditioning_cache]
-        if not missing:
-            return
-        with torch.no_grad(), self.parking.in_use("text_encoders"):
-            for caption in missing:
-                tokens = family.tokenize(model, [caption])
-                self._conditioning_cache[caption] = family.encode(model, tokens, self.answers.training.clip_skip)
-
     def local_loss(self, batch: list[tuple[int, Example]]) -> torch.Tensor:
         """This process's share of the loss of a global batch, scaled so that the average over
         processes (which data-parallel training takes of the gradients) is the batch's mean loss."""
@@ -392,16 +234,10 @@ class Trainer:
 
     def upcoming_latent_keys(self, start: Position) -> Iterator[LatentKey]:
         """The latents this process will ask for from `start` to the end, in order (`run`'s walk)."""
-        step = start.step
-        for epoch in range(start.epoch, self.plan.epochs):
-            groups = self.optimizer_steps(epoch)
-            for group in groups[start.group if epoch == start.epoch else 0 :]:
-                if step >= self.plan.total_steps:
-                    return
-                step += 1
-                for batch in group:
-                    for index, example in self.local_items(batch):
-                        yield self.latent_key(index, example)
+        for planned in self.schedule.walk(start):
+            for batch in planned.batches:
+                for index, example in self.local_items(batch):
+                    yield self.latent_key(index, example)
 
     def geometry(self, path: Path) -> ImageGeometry:
         """How an image is fitted to its bucket (its file header is read once)."""
@@ -441,110 +277,54 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------------------
 
-    def batches(self, epoch: int) -> list[list[tuple[int, Example]]]:
-        """One epoch's batches of (global sample index, example): the items in a seeded shuffled
-        order, split by bucket (each batch from one bucket), the batches shuffled again when there
-        are several buckets."""
-        size = self.answers.training.batch_size * self.world  # the global batch, split across processes
-        seed = self.answers.training.seed
-        per_epoch = len(self.examples)
-        by_bucket: dict[tuple[int, int], list[tuple[int, Example]]] = {}
-        for position, i in enumerate(epoch_order(seed, epoch, per_epoch)):
-            example = self.examples[i]
-            by_bucket.setdefault(self.plan.sizes[example.path], []).append((epoch * per_epoch + position, example))
-        batches = [items[j : j + size] for _, items in sorted(by_bucket.items()) for j in range(0, len(items), size)]
-        if len(by_bucket) > 1:
-            batches = [batches[i] for i in epoch_order(seed, epoch, len(batches), what="batches")]
-        return batches
-
-    def optimizer_steps(self, epoch: int) -> list[list[list[tuple[int, Example]]]]:
-        """One epoch's optimizer steps, each a group of accumulated batches."""
-        accumulation = self.answers.training.gradient_accumulation
-        batches = self.batches(epoch)
-        return [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
+    def batches(self, epoch: int) -> list[Batch]:
+        return self.schedule.batches(epoch)
 
     def run(self, start: Position | None = None) -> TrainResult:
         start = start or Position(step=0, epoch=0, group=0)
         uncached = None if self.latents.keep else self.upcoming_latent_keys(start)
-        with self.tensorboard(start), self.decoding_ahead(uncached):
+        with self.outputs.tensorboard(start.step), self.decoding_ahead(uncached):
             return self._run(start)
 
-    @contextmanager
-    def tensorboard(self, start: Position) -> Iterator[None]:
-        """With `[output] tensorboard`, the main process writes the step and sample events to
-        <run folder>/tensorboard while inside."""
-        if not (self.answers.output.tensorboard and self.is_main):
-            yield
-            return
-        from engine.tensorboard import TensorBoardLog
-
-        # A resumed run replaces what the killed one logged after its checkpoint.
-        board = TensorBoardLog(self.run_folder() / "tensorboard", purge_step=start.step + 1 if start.step else None)
-        self.events.listeners.append(board)
-        try:
-            yield
-        finally:
-            self.events.listeners.remove(board)
-            board.close()
-
     def _run(self, start: Position) -> TrainResult:
-        a = self.answers
-        plan = self.plan
-        step = start.step
-        pending: list[tuple[int, int, Any, float]] = []  # (step, epoch, loss on the device, lr)
-        self.events.emit("ready", device=str(self.device), precision=self.precision, total_steps=plan.total_steps,
+        self.events.emit("ready", device=str(self.device), precision=self.precision, total_steps=self.plan.total_steps,
                          notes=self.notes, cpu_threads=self.cpu_threads.threads if self.cpu_threads else None)
-        if a.samples.at_start and step == 0:
-            self.sample(step=0, epoch=0)
-        for epoch in range(start.epoch, plan.epochs):
-            groups = self.optimizer_steps(epoch)
-            first = start.group if epoch == start.epoch else 0
-            for index in range(first, len(groups)):
-                if step >= plan.total_steps:
-                    break
-                self.optimizer_step(groups[index])
-                step += 1
-                pending.append((step, epoch + 1, self.last_loss, self.lr_scheduler.get_last_lr()[0]))
-                # Reading the loss back forces a device sync: do it every few steps, not every step.
-                logged = step % a.training.log_every_steps == 0 or step == plan.total_steps
-                if logged:
-                    self.report(pending)
-                    pending = []
-                if a.samples.every_steps and step % a.samples.every_steps == 0:
-                    self.sample(step=step, epoch=epoch + 1)
-                position = Position(step, epoch, index + 1) if index + 1 < len(groups) else Position(step, epoch + 1, 0)
-                # With several processes, agreeing on a request is a collective that waits for the
-                # GPU: it is asked when the losses are read back anyway.
-                request = self.poll_controls() if self.world == 1 or logged else None
-                every = a.checkpoints.every_steps
-                if request or (every and step % every == 0 and index + 1 < len(groups)):
-                    self.report(pending)
-                    pending = []
-                    self.checkpoint(position)
-                if request == "stop":
-                    raise Interrupted(step, self.controls.reason)
-            self.report(pending)
-            pending = []
-            self.events.emit("epoch", epoch=epoch + 1, epochs=plan.epochs, step=step)
-            sampled_here = a.samples.every_steps and step % a.samples.every_steps == 0
-            if a.samples.every_epochs and (epoch + 1) % a.samples.every_epochs == 0 and not sampled_here:
-                self.sample(step=step, epoch=epoch + 1)
-            done = step >= plan.total_steps
-            if a.training.save_every_epochs and (epoch + 1) % a.training.save_every_epochs == 0 and not done:
-                # A resumed run may write an epoch file again: the same bytes, so it may replace it.
-                epoch_file = a.output.dir / f"{a.output.name}-{epoch + 1:06d}.safetensors"
-                self.save(epoch_file, step=step, epoch=epoch + 1, overwrite=a.output.overwrite or self.resumed)
-            if a.checkpoints.every_epoch and not done:
-                self.checkpoint(Position(step, epoch + 1, 0))
-            if done:
-                break
-        final_epoch = min(plan.epochs, math.ceil(step / plan.steps_per_epoch))
-        path = self.save(a.lora_path, step=step, epoch=final_epoch)
+        if self.cadence.samples_before(start.step):
+            self.outputs.sample(step=0, epoch=0)
+        step = start.step
+        for planned in self.schedule.walk(start):
+            loss = self.optimizer_step(planned.batches)
+            step = planned.step
+            self.pending.append((step, planned.epoch, loss, self.lr_scheduler.get_last_lr()[0]))
+            request = self.poll_controls() if self.cadence.polls(step) else None
+            self.carry_out(self.cadence.after_step(step, epoch=planned.epoch, epoch_end=planned.epoch_end, request=request), planned)
+        epoch = self.cadence.final_epoch(step)
+        path = self.outputs.save(self.answers.lora_path, step=step, epoch=epoch)
         self.accelerator.wait_for_everyone()
-        return TrainResult(lora_path=path, steps=step, epochs=final_epoch)
+        return TrainResult(lora_path=path, steps=step, epochs=epoch)
 
-    def optimizer_step(self, group: list[list[tuple[int, Example]]]) -> None:
-        """Forward and backward over the accumulated batches of one step, then update."""
+    def carry_out(self, actions: Actions, planned: PlannedStep) -> None:
+        """Do what the cadence decided after a step, in its order."""
+        a = self.answers
+        step, epoch = planned.step, planned.epoch
+        if actions.log:
+            self.report()
+        if actions.end_epoch:
+            self.events.emit("epoch", epoch=epoch, epochs=self.plan.epochs, step=step)
+        if actions.sample:
+            self.outputs.sample(step=step, epoch=epoch)
+        if actions.save:
+            # A resumed run may write an epoch file again: the same bytes, so it may replace it.
+            epoch_file = a.output.dir / f"{a.output.name}-{epoch:06d}.safetensors"
+            self.outputs.save(epoch_file, step=step, epoch=epoch, overwrite=a.output.overwrite or self.resumed)
+        if actions.checkpoint:
+            self.checkpoint(planned.after)
+        if actions.stop:
+            raise Interrupted(step, self.controls.reason)
+
+    def optimizer_step(self, group: list[Batch]) -> torch.Tensor:
+        """Forward and backward over the accumulated batches of one step, then update; the step's
+        loss, still on the device."""
         a = self.answers
         group_loss = 0.0
         for i, batch in enumerate(group):
@@ -559,12 +339,13 @@ class Trainer:
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.last_loss = group_loss
+        return group_loss
 
-    def report(self, pending: list[tuple[int, int, Any, float]]) -> None:
+    def report(self) -> None:
         """Read the pending losses back from the device and write their step events."""
         import torch
 
+        pending, self.pending = self.pending, []
         if not pending:
             return
         # One read-back for the losses and the uncached latents' check (1.0: one held NaN or inf).
@@ -586,68 +367,16 @@ class Trainer:
                 )
             self.events.emit("step", step=step, total_steps=self.plan.total_steps, epoch=epoch, loss=value, lr=lr)
 
-    # --- checkpoints -------------------------------------------------------------------------
-
-    def unwrapped_model(self) -> LoadedModel:
-        """The model with accelerate's wrappers (data-parallel, mixed precision) taken off."""
-        from dataclasses import replace
-
-        unwrap = self.accelerator.unwrap_model
-        return replace(self.model, denoiser=unwrap(self.model.denoiser), text_encoders=[unwrap(e) for e in self.model.text_encoders])
-
-    def trainable_state(self) -> dict[str, Any]:
-        """The LoRA weights by parameter name (unet.* / te0.*)."""
-        named = {}
-        for prefix, module in (("unet", self.model.denoiser), *((f"te{i}", e) for i, e in enumerate(self.model.text_encoders))):
-            for name, param in self.accelerator.unwrap_model(module).named_parameters():
-                if param.requires_grad:
-                    named[f"{prefix}.{name}"] = param
-        return named
+    # --- between steps -----------------------------------------------------------------------
 
     def checkpoint(self, position: Position) -> Path | None:
-        """Main process writes the shared state, every process its RNG file, then main commits."""
         if self.run_dir is None:
             return None
-        if self.is_main:
-            state = {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()}
-            if self.accelerator.scaler is not None:
-                state["scaler"] = self.accelerator.scaler.state_dict()
-            stage_checkpoint(self.run_dir, position, lora=self.trainable_state(), training_state=state, fingerprint=self.fingerprint)
-        self.accelerator.wait_for_everyone()
-        staging = staging_dir(self.run_dir, position)
-        write_rank_rng(staging, self.rank)
-        self.accelerator.wait_for_everyone()
-        if not self.is_main:
-            return None
-        path = commit_checkpoint(staging, keep_last=self.answers.checkpoints.keep_last, before_commit=self.before_checkpoint_commit)
-        self.events.emit("checkpoint", path=str(path), step=position.step, epoch=position.epoch)
+        path = self.state.write_checkpoint(self.run_dir, position, fingerprint=self.fingerprint,
+                                           keep_last=self.answers.checkpoints.keep_last, before_commit=self.before_checkpoint_commit)
+        if path is not None:
+            self.events.emit("checkpoint", path=str(path), step=position.step, epoch=position.epoch)
         return path
-
-    def sample(self, *, step: int, epoch: int) -> None:
-        """Sample images from the live model into the run folder (main process only)."""
-        if not self.sample_prompts or not self.is_main:
-            return
-        from engine.sampling import sample_images
-
-        a = self.answers
-        # A parked VAE comes back for the images (diffusers' pipeline runs on its device), parked
-        # text encoders only while the prompts are encoded; a compiled UNet runs uncompiled (the
-        # sampler's shapes would compile it again).
-        with self.parking.in_use("vae"), self.uncompiled():
-            paths = sample_images(
-                self.unwrapped_model(), self.sample_prompts, self.run_folder() / "samples", name=a.output.name, step=step,
-                seed=a.training.seed, clip_skip=a.training.clip_skip,
-                text_encoders_in_use=lambda: self.parking.in_use("text_encoders"),
-            )
-        self.events.emit("sample", step=step, epoch=epoch, paths=[str(p) for p in paths],
-                         prompts=[p.prompt for p in self.sample_prompts])
-
-    def uncompiled(self) -> Any:
-        if not self.answers.training.compile:
-            return nullcontext()
-        import torch
-
-        return torch.compiler.set_stance("force_eager")
 
     def poll_controls(self) -> str | None:
         """The main process reads the requests; with several processes it tells the others, so
@@ -660,69 +389,6 @@ class Trainer:
         shared = broadcast_object_list([request, self.controls.reason], from_process=0)
         self.controls.reason = shared[1]
         return shared[0]
-
-    def restore(self, checkpoint: LoadedCheckpoint) -> None:
-        import torch
-
-        params = self.trainable_state()
-        missing = set(params) ^ set(checkpoint.lora)
-        if missing:
-            raise UserError(
-                f"the checkpoint does not match this network ({sorted(missing)[0]} ...)",
-                where=checkpoint.path,
-                fix="resume with the answers the run was started with (the run folder's answers.toml)",
-            )
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(checkpoint.lora[name])
-        state = checkpoint.training_state
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        if "scaler" in state and self.accelerator.scaler is not None:
-            self.accelerator.scaler.load_state_dict(state["scaler"])
-        if checkpoint.ranks != self.world:
-            raise UserError(
-                f"this checkpoint was written by {checkpoint.ranks} processes; this run has {self.world}",
-                where=checkpoint.path,
-                fix=f"resume with `[training] processes = {checkpoint.ranks}`",
-            )
-        restore_rng_states(checkpoint.rng_of(self.rank))
-
-    # --- output ------------------------------------------------------------------------------
-
-    def save(self, path: Path, *, step: int, epoch: int, overwrite: bool | None = None) -> Path:
-        import torch
-
-        from engine.network import kohya_metadata, kohya_state_dict, save_lora_file
-
-        a = self.answers
-        if not self.is_main:
-            return path
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.output.dtype]
-        plan = self.plan
-        finished = path == a.lora_path
-        stats = {
-            "started_at": self.started_at,
-            "finished_at": time.time() if finished else None,
-            "steps": step,
-            "epoch": epoch,
-            "max_train_steps": plan.total_steps,
-            "num_train_images": plan.dataset.num_train_items,
-            "num_reg_images": plan.dataset.num_reg_items,
-            "num_batches_per_epoch": plan.batches_per_epoch,
-            "resolution": plan.resolution,
-            "dataset_dirs": plan.dataset.dataset_dirs(),
-            "reg_dataset_dirs": plan.dataset.dataset_dirs(reg=True),
-            "tag_frequency": plan.dataset.tag_frequency(),
-            "session_id": self.session_id,
-            "mixed_precision": self.precision,
-        }
-        tensors = kohya_state_dict(self.unwrapped_model(), dtype=dtype)
-        metadata = kohya_metadata(model=self.model, answers=a, stats=stats)
-        overwrite = a.output.overwrite if overwrite is None else overwrite
-        saved = save_lora_file(path, tensors, metadata, overwrite=overwrite)
-        self.events.emit("saved", path=str(saved), step=step, epoch=epoch)
-        return saved
 
 
 def train(plan: TrainingPlan, events: EventLog, *, run_dir: Path | None = None, controls: Controls | None = None,
@@ -750,7 +416,7 @@ def train(plan: TrainingPlan, events: EventLog, *, run_dir: Path | None = None, 
     trainer.cpu_threads = use_threads(trainer.cpu_threads)
     trainer.setup()
     if checkpoint is not None:
-        trainer.restore(checkpoint)
+        trainer.state.restore(checkpoint)
         trainer.resumed = True
         start = checkpoint.position
         events.emit("resumed", step=start.step, epoch=start.epoch, checkpoint=str(checkpoint.path))

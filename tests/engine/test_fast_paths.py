@@ -17,9 +17,10 @@ from engine.checkpoint import Position
 from engine.config import answers_from_dict, load_answers
 from engine.devices import Parking, enable_tf32, loader_workers, use_channels_last
 from engine.events import EventLog
+from engine.optim import build_optimizer
 from engine.parking import offloadable_parts
 from engine.plan import plan_training
-from engine.train import Controls, Interrupted, Trainer, build_optimizer, train
+from engine.train import Controls, Interrupted, Trainer, train
 from tests.conftest import copy_with_nan_vae, write_answers
 
 CPU = torch.device("cpu")
@@ -171,7 +172,7 @@ def test_after_setup_the_vae_and_frozen_text_encoder_wait_in_host_memory(unet_on
     trainer, parked_after_setup, _ = unet_only_run
     assert parked_after_setup == {"vae", "text_encoders"}
     captions = {e.caption for e in trainer.examples}
-    assert set(trainer._conditioning_cache) == captions  # every caption encoded during setup
+    assert set(trainer.conditioning.cache) == captions  # every caption encoded during setup
 
 
 def test_the_loop_calls_the_parked_parts_only_for_samples_after_bringing_them_back(unet_only_run):

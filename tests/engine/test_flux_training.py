@@ -77,19 +77,19 @@ def test_sigkill_then_resume_is_exact(tmp_path, tiny_flux, tiny_dataset, trained
 
 @pytest.mark.skipif(not hasattr(torch, "float8_e4m3fn"), reason="this torch has no float8")
 def test_fp8_storage_trains_on_the_cpu(tmp_path, tiny_flux, tiny_dataset):
+    import engine.setup
     from engine.families.flux_memory import stored_dtypes
-    from engine.train import Trainer
 
     seen = {}
-    place = Trainer.place_denoiser
+    place = engine.setup.place_denoiser
 
-    def watch(self, dtype):
-        place(self, dtype)
-        seen.update(stored_dtypes(self.model.denoiser))
+    def watch(model, training, device, dtype):
+        place(model, training, device, dtype)
+        seen.update(stored_dtypes(model.denoiser))
 
     answers = flux_answers(tmp_path, tiny_flux, tiny_dataset[0], training={**SETTINGS["training"], "fp8_base": True, "max_steps": 2})
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Trainer, "place_denoiser", watch)
+        patch.setattr(engine.setup, "place_denoiser", watch)
         train_here(answers)
     assert seen["float8_e4m3fn"] > seen.get("float32", 0)  # most of the frozen transformer is stored in fp8
     tensors = load_file(tmp_path / "output" / "tiny.safetensors")

@@ -282,7 +282,7 @@ def test_training_uses_buckets_and_each_images_geometry(trained):
     losses = [event["loss"] for event in events if event["kind"] == "step"]
     assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
     assert trainer.te_params  # both text encoders trained: te1 and te2 LoRA weights
-    assert {name.split(".")[0] for name in trainer.trainable_state()} == {"unet", "te0", "te1"}
+    assert {name.split(".")[0] for name in trainer.state.lora()} == {"unet", "te0", "te1"}
 
 
 def saved_file(trainer: Trainer) -> Path:
@@ -366,7 +366,7 @@ def engine_outputs(model: LoadedModel) -> list[torch.Tensor]:
 
 def test_diffusers_loads_the_trained_file_like_the_engine(trained, sdxl_dir):
     trainer, _ = trained
-    engine = engine_outputs(trainer.unwrapped_model())
+    engine = engine_outputs(trainer.outputs.unwrapped_model())
     base, loaded, messages = diffusers_outputs(sdxl_dir, saved_file(trainer))
     assert messages == []  # no "not loaded", unexpected or missing keys
     for got, want in zip(loaded, engine, strict=True):  # te1, te2 hidden states, te2 pooled, UNet

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.checkpoint import checkpoint_dirs, read_checkpoint
+from engine.checkpoint import Position, checkpoint_dirs, read_checkpoint
 from engine.config import load_answers
 from engine.errors import UserError
 from engine.events import EventLog, read_events
+from engine.optim import resolve_precision
 from engine.plan import plan_training
 from engine.runs import create_run_folder, execute_run, run_status
-from engine.train import Trainer, resolve_precision, train
+from engine.train import Trainer, train
 from tests.conftest import write_answers
 
 
@@ -64,6 +65,26 @@ def test_epoch_files_disk_latent_cache_and_frozen_text_encoder(tmp_path, tiny_mo
 
     first, second = load_file(result.lora_path), load_file(again.lora_path)
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_checkpoint_due_by_every_steps_on_an_epochs_last_step_is_written_without_every_epoch(tmp_path, tiny_model_dir, tiny_dataset):
+    import shutil
+
+    train_dir = tmp_path / "train"
+    shutil.copytree(tiny_dataset[0] / "10_usu bear", train_dir / "2_usu bear")  # 8 items: 2 steps of 4 an epoch
+    answers_path = write_answers(
+        tmp_path, tiny_model_dir, train_dir,
+        training={"max_steps": None, "epochs": 2, "batch_size": 4, "save_every_epochs": 1},
+        checkpoints={"every_steps": 2, "every_epoch": False},
+    )
+    events = []
+    run_dir = tmp_path / "run"
+    train(plan_training(load_answers(answers_path)), EventLog(None, [events.append]), run_dir=run_dir)
+    kinds = [(e["kind"], e.get("step")) for e in events if e["kind"] in ("epoch", "saved", "checkpoint")]
+    # Step 2 ends epoch 1: its checkpoint comes after the epoch's file, and resumes at epoch 2 (1, 0-based).
+    # Step 4 ends the run: the final LoRA, no checkpoint.
+    assert kinds == [("epoch", 2), ("saved", 2), ("checkpoint", 2), ("epoch", 4), ("saved", 4)]
+    assert read_checkpoint(checkpoint_dirs(run_dir)[0]).position == Position(2, 1, 0)
 
 
 def test_a_nan_loss_fails_the_run_with_a_remedy_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir, tiny_dataset, monkeypatch):

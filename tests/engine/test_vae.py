@@ -100,7 +100,7 @@ def test_training_encodes_with_the_given_vae_and_the_disk_cache_tells_them_apart
     given, trainer = cached_latent(tmp_path / "given", vae_folder)
     assert not torch.allclose(base, given)  # not the base VAE's latents read back from the shared disk cache
     assert len(list((tmp_path / "output" / ".latent-cache").glob("*.safetensors"))) == 2 * 4  # 4 images, each VAE
-    trainer.save(tmp_path / "given.safetensors", step=0, epoch=0)
+    trainer.outputs.save(tmp_path / "given.safetensors", step=0, epoch=0)
     from safetensors import safe_open
 
     with safe_open(tmp_path / "given.safetensors", "pt") as saved:
