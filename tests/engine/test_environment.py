@@ -157,6 +157,29 @@ def test_eight_bit_adamw_needs_bitsandbytes_on_an_nvidia_gpu():
     )
 
 
+@pytest.mark.parametrize(
+    ("vram_gib", "resolution", "fp8", "offload"),
+    [(None, 1024, False, False), (79.6, 1024, False, False), (24, 1024, True, False), (16, 1024, True, True), (12, 512, True, True)],
+    ids=["cpu", "80GB", "24GB", "16GB", "12GB"],
+)
+def test_flux_defaults_per_card(vram_gib, resolution, fp8, offload):
+    """FLUX.1 as kohya advises per card: fp8 weights below 30 GiB, blocks offloaded below 20, 512 px
+    below 14; always batch size 1 with gradient checkpointing (offloading needs it)."""
+    from engine.checks.defaults import FAMILY_KEYS, family_defaults, flux_card_defaults
+
+    card = flux_card_defaults(None if vram_gib is None else int(vram_gib * GiB))
+    assert (card["dataset.resolution"], card["training.fp8_base"], card["training.offload_blocks"]) == (resolution, fp8, offload)
+    assert (card["training.batch_size"], card["training.gradient_checkpointing"]) == (1, True)
+    for family in ("flux1-dev", "flux1-schnell"):
+        flux = family_defaults(family)
+        assert set(flux) == set(FAMILY_KEYS)
+        assert (flux["network.dim"], flux["training.unet_lr"], flux["training.timestep_sampling"], flux["network.train_text_encoder"]) == (16, 1e-4, "shift", False)
+    # Switching back: SD 1.x's own values for every key FLUX.1 set.
+    assert {key: family_defaults("sd1")[key] for key in ("network.dim", "training.fp8_base", "training.offload_blocks", "dataset.resolution")} == {
+        "network.dim": 8, "training.fp8_base": False, "training.offload_blocks": False, "dataset.resolution": None,
+    }
+
+
 def test_sd1_defaults_are_the_schemas_and_sdxl_trains_text_encoders_only_when_asked():
     from engine.checks.defaults import FAMILY_KEYS, family_defaults
     from engine.config import Answers
