@@ -21,7 +21,7 @@ Kind = Literal["int", "float", "text", "path", "choice", "bool", "first_of_list"
 
 # When a field is shown only in some cases (tui_lora/screens/parameters.py decides them).
 # The network conditions follow engine.network.types: the settings each network type takes.
-Condition = Literal["several_gpus", "sdxl", "lora_types", "conv_types", "lokr", "lycoris_types"]
+Condition = Literal["several_gpus", "sdxl", "lora_types", "conv_types", "lokr", "lycoris_types", "flux"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,10 @@ PARAMETER_GROUPS: dict[str, tuple[FieldSpec, ...]] = {
     "memory": (
         FieldSpec("training.mixed_precision", "choice"),
         FieldSpec("training.gradient_checkpointing", "bool"),
+        # FLUX.1 only: the transformer's weights in fp8, its blocks in host memory, the noise levels drawn.
+        FieldSpec("training.fp8_base", "bool", shown_when="flux"),
+        FieldSpec("training.offload_blocks", "bool", shown_when="flux"),
+        FieldSpec("training.timestep_sampling", "choice", shown_when="flux"),
     ),
     "output": (
         FieldSpec("output.dir", "path"),

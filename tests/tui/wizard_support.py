@@ -151,6 +151,15 @@ def sdxl_demo_folder(tmp_path_factory) -> Path:
     return folder
 
 
+def flux_demo_folder(tmp_path_factory) -> Path:
+    """`lora-wizard demo --flux`'s tiny FLUX.1 dev model in kohya's four files, built once per session."""
+    from engine.demo import create_demo
+
+    folder = tmp_path_factory.getbasetemp() / "wizard-demo-flux"
+    create_demo(folder, flux=True)
+    return folder
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """Async tests run on asyncio (Textual's loop), through anyio's pytest plugin."""

@@ -7,8 +7,12 @@ environment check for that family (batch size, processes, gradient checkpointing
 latent caching) where the user has not chosen; precision stays `auto`, which the engine resolves
 on the machine that trains, so a file written here still fits a GPU machine it is copied to.
 
+FLUX.1's defaults also depend on the card (engine/checks/defaults.py flux_card_defaults: fp8
+weights, offloaded blocks, 512 px on 12 GB cards).
+
 Some fields are shown only where they apply: GPUs (processes) on a machine with more than one
-GPU, the second text encoder's learning rate for SDXL, each network type's own settings (DoRA and
+GPU, the second text encoder's learning rate for SDXL, fp8 weights, offloading and timestep
+sampling for FLUX.1, each network type's own settings (DoRA and
 dropout for lora/locon, conv_dim/conv_alpha for locon/loha/lokr, factor and full_matrix for lokr).
 Choosing another type drops the settings of the old one. Under the network settings, the file size
 each type leads to (for the model's family, fp16) is shown.
@@ -62,7 +66,8 @@ def model_family(draft) -> str:
     if path:
         from tui_lora.screens.model import read_model_info
 
-        info, _ = read_model_info(path, draft.get("model.tokenizer"))
+        flux_files = tuple(draft.get(f"model.{slot}") for slot in ("ae", "clip_l", "t5xxl"))
+        info, _ = read_model_info(path, draft.get("model.tokenizer"), flux_files)
         if info is not None:
             return info.family
     return "sd1"
@@ -108,6 +113,14 @@ def network_size_line(network: dict[str, Any], family: str) -> str:
     return t("parameters.network_size", size=f"{chosen / 1e6:.1f} MB", others=others)
 
 
+def flux_card_defaults(facts) -> dict[str, Any]:
+    """FLUX.1's settings for the GPU that trains (engine MachineFacts); the CPU's without one."""
+    from engine.checks.defaults import flux_card_defaults as for_card
+    from engine.checks.recommend import training_device
+
+    return for_card(training_device(facts).vram_total)
+
+
 class ParametersScreen(WizardScreen):
     STEP = "parameters"
     AUTO_FOCUS = "#field-training-batch_size"
@@ -116,6 +129,7 @@ class ParametersScreen(WizardScreen):
         super().__init__()
         self.invalid: set[str] = set()
         self.family: str | None = None  # the model family the defaults are for, once known
+        self.flux_card: dict[str, Any] = {}  # FLUX.1's settings for this machine's card
 
     def compose_body(self) -> ComposeResult:
         yield Static(t("parameters.intro"), classes="intro", markup=False)
@@ -152,14 +166,16 @@ class ParametersScreen(WizardScreen):
     def apply_machine(self, facts, family: str) -> None:
         """The family's defaults, then the settings that fit this machine for that family, where
         the user has not chosen."""
-        from engine.checks.defaults import family_defaults
+        from engine.checks.costs import FAMILY_COSTS
+        from engine.checks.defaults import family_defaults, is_flux
         from engine.checks.recommend import recommend
 
         self.family = family
         changed = self.draft.apply_defaults(family_defaults(family))
         recommendations = recommend(
             facts,
-            family=family,
+            # A family without its own cost figures is fitted with SD 1.x's, as `check` does.
+            family=family if family in FAMILY_COSTS else "sd1",
             resolution=self.draft.get("dataset.resolution"),
             network_dim=self.draft.get("network.dim", 8),
             train_text_encoder=self.draft.get("network.train_text_encoder"),
@@ -167,6 +183,8 @@ class ParametersScreen(WizardScreen):
             fp16_safe_vae=self.draft.get("model.vae") is not None,  # the Model step's VAE runs in half precision
         )
         changed += self.wizard.apply_recommendations(recommendations)
+        self.flux_card = flux_card_defaults(facts) if is_flux(family) else {}
+        changed += self.draft.apply_defaults(self.flux_card)
         if changed:
             self.changed()
         for key in changed:
@@ -179,6 +197,10 @@ class ParametersScreen(WizardScreen):
             return several_gpus(self.wizard.facts) or self.draft.get("training.processes", 1) != 1
         if condition == "sdxl":
             return self.family == "sdxl" or self.draft.get("training.text_encoder_2_lr") is not None
+        if condition == "flux":
+            from engine.checks.defaults import is_flux
+
+            return is_flux(self.family)
         network_type = self.draft.get("network.type", "lora")
         return network_type in NETWORK_CONDITIONS.get(condition, (network_type,))
 
@@ -222,17 +244,24 @@ class ParametersScreen(WizardScreen):
         )
 
     def show_recommendations(self, rec) -> None:
+        flux = self.condition_holds("flux")  # its batch size and checkpointing are the card's, not SD 1.x's fit
+        batch_size, checkpointing = (1, True) if flux else (rec.batch_size, rec.gradient_checkpointing)
         lines = [
             t(
                 "parameters.defaults_from_machine",
                 device=rec.device_name,
-                batch_size=rec.batch_size,
-                checkpointing=t("common.on") if rec.gradient_checkpointing else t("common.off"),
+                batch_size=batch_size,
+                checkpointing=t("common.on") if checkpointing else t("common.off"),
             )
         ]
         if rec.processes > 1:
             lines.append(t("parameters.defaults_processes", processes=rec.processes, effective=rec.effective_batch))
-        if rec.family == "sdxl":
+        if flux:
+            on_off = {True: t("common.on"), False: t("common.off")}
+            card = self.flux_card
+            lines.append(t("parameters.defaults_flux", resolution=card["dataset.resolution"], fp8=on_off[card["training.fp8_base"]],
+                           offload=on_off[card["training.offload_blocks"]]))
+        elif rec.family == "sdxl":
             resolution = rec.answers_defaults()["dataset.resolution"]
             lines.append(t("parameters.defaults_sdxl", resolution=resolution, optimizer=choice_label(SPECS["training.optimizer"], rec.optimizer)))
         self.query_one("#defaults-note", Static).update("\n".join(lines))
