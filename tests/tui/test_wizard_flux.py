@@ -137,6 +137,10 @@ async def test_flux_defaults_per_card_are_shown_and_saved(flux_demo, workspace, 
         note = widget_text(app.screen.query_one("#defaults-note"))
         assert f"FLUX.1, as kohya recommends: {resolution} px, the transformer only" in note and "batch size 1" in note
         saved = await save_answers(pilot, workspace)
+        # Review: the answers, and the check's FLUX.1 estimate of them fits the card (nothing to do).
+        estimate = widget_text(app.screen.query_one("#estimate"))
+        assert estimate.startswith("Estimate: ~") and "What to do" not in estimate, estimate
+        assert 't5xxl = "' in widget_text(app.screen.query_one("#toml"))
     training = saved["training"]
     assert (training["fp8_base"], training["offload_blocks"], training["gradient_checkpointing"], training["batch_size"]) == (fp8, offload, True, 1)
     assert (saved["dataset"]["resolution"], saved["network"]["dim"], saved["network"]["train_text_encoder"]) == (resolution, 16, False)
