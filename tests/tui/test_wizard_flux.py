@@ -184,3 +184,24 @@ async def test_switching_from_flux_to_sd1_restores_sd_defaults_and_the_saved_fil
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FLUX.1 dev" in result.stdout
+
+
+async def test_a_flux_file_field_completes_and_opens_the_path_picker(flux_demo, workspace, tmp_path_factory):
+    app = make_app(tmp_path_factory.mktemp("data"), facts=machine_with(RTX_4090))
+    app.draft = flux_lora(flux_demo, "model", files=False)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await settle(pilot, 0.4)
+        await type_into(pilot, "#flux-ae", str(flux_demo / "model" / "ae"))
+        await pilot.press("tab")  # completes the one file there that starts so
+        await settle(pilot, 0.4)
+        assert app.screen.query_one("#flux-ae").value == str(flux_demo / "model" / "ae.safetensors")
+        assert app.draft.get("model.ae") == str(flux_demo / "model" / "ae.safetensors")
+        app.screen.query_one("#flux-clip_l").focus()
+        await pilot.press("ctrl+o")
+        await settle(pilot)
+        assert type(app.screen).__name__ == "PathPicker"
+        assert app.screen.title_text == "Pick FLUX.1's CLIP-L text encoder: clip_l.safetensors"
+        assert app.screen.root == flux_demo / "model"  # beside the transformer
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.screen.name == "model"
