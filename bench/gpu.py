@@ -128,7 +128,7 @@ def build_sdxl_folder(folder: Path, *, configs: dict[str, dict[str, Any]] | None
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     from bench.model import INSTANCE
-    from engine.families.single_file import load_template
+    from engine.families.templates import load_template
     from engine.tiny import write_synthetic_dataset, write_tiny_sdxl_tokenizers
 
     configs = configs or shipped_sdxl_configs()

@@ -124,7 +124,7 @@ def prepare_plan(answers: Answers, *, for_resume: bool = False) -> TrainingPlan:
     from engine.errors import ModelFileError
     from engine.families import inspect_base_model
     from engine.families.flux import flux_options
-    from engine.families.sd import FAMILIES
+    from engine.families.registry import FAMILIES
 
     if not for_resume:
         check_output_free(answers)

@@ -12,6 +12,9 @@ import json
 import re
 from pathlib import Path
 
+# The loaders derive this for narrow UNets too (the rule lives with them): group norms of 4 channels.
+from engine.families.ldm_config import TINY_UNET_NORM_GROUPS
+
 # Words the tiny tokenizer knows as single tokens; anything else splits into characters.
 TINY_WORDS = [
     "a", "photo", "of", "the", "usu", "bear", "shs", "dog", "cat", "person", "toy", "in", "on",
@@ -79,10 +82,6 @@ def tiny_text_encoder_config(vocab_size: int, hidden: int = 32, layers: int = 2,
         pad_token_id=vocab_size - 1,
     )
 
-
-# Group norms of 4 channels: with SD's 32 groups a 32-channel tiny UNet would normalise single
-# channels, which at the 1x1 bottom level of an 8x8 latent turns rounding noise into signal.
-TINY_UNET_NORM_GROUPS = 8
 
 
 def tiny_sd1_unet_config(cross_attention_dim: int = 32) -> dict:
@@ -496,7 +495,7 @@ def build_tiny_sdxl_pipeline(folder: Path, *, seed: int = 0) -> Path:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTokenizer
 
-    from engine.families.single_file import load_template
+    from engine.families.templates import load_template
 
     folder = Path(folder)
     first_dir, second_dir = write_tiny_sdxl_tokenizers(folder)

@@ -96,7 +96,7 @@ def load_model_tokenizer(model: str | Path, tokenizer_dir: str | Path | None = N
     from transformers import CLIPTokenizer
 
     from engine.families import inspect_base_model
-    from engine.families.sd import FAMILIES
+    from engine.families.registry import FAMILIES
 
     info = inspect_base_model(model, tokenizer_dir)
     if info.tokenizer is None:

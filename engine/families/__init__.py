@@ -1,171 +1,25 @@
 """Model families behind one small interface.
 
-A family knows how to load its models, turn captions into its denoiser's conditioning, run the
-denoiser (a UNet for SD 1.x, 2.x and SDXL), train it (its objective, engine/families/objectives.py:
-noise, timesteps, target, loss weights) and name LoRA modules the way kohya and the web UIs expect.
-The training loop only talks to this interface, so adding a family touches loading, conditioning
-and the objective, not the loop.
+A family knows how to turn captions into its denoiser's conditioning, run the denoiser (a UNet for
+SD 1.x, 2.x and SDXL), train it (its objective: noise, timesteps, target, loss weights) and name LoRA
+modules the way kohya and the web UIs expect. The training loop only talks to this interface, so
+adding a family adds a family module, its objective and its loaders, not a loop change.
+
+    base.py          the interface: ModelFamily, LoadedModel, ImageGeometry, ModelInfo
+    objectives.py    training objectives (DDPM noise prediction: epsilon or v)
+    sd.py, sdxl.py   the families (sgm_names.py: SDXL's kohya key names)
+    registry.py      every family by name, and which one a UNet config belongs to
+    loading.py       load_base_model / inspect_base_model: the layout, the family, its loader
+    diffusers_folder.py   the diffusers-folder layout
+    single_file.py   the single-file layout, with a module per job: checkpoint_files.py (safe
+                     reading), ldm_config.py (configs from tensor shapes), ldm_models.py (building),
+                     file_prediction.py, tokenizers.py, sdxl_file.py (SDXL's parts), templates.py
+    vae.py           a VAE of the user's choice
+
+docs/families.md says what a new family adds.
 """
 
-from __future__ import annotations
+from engine.families.base import ImageGeometry, LoadedModel, ModelFamily, ModelInfo
+from engine.families.loading import inspect_base_model, load_base_model
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import torch
-
-    from engine.families.objectives import TrainingObjective
-
-
-@dataclass(frozen=True)
-class ImageGeometry:
-    """How a training image was fitted to its bucket, in pixels (SDXL's size conditioning)."""
-
-    original: tuple[int, int]  # (width, height) of the image file, EXIF rotation applied
-    crop_top_left: tuple[int, int]  # (top, left) of the crop in the resized image
-    target: tuple[int, int]  # (width, height) trained at: the bucket
-
-
-@dataclass
-class LoadedModel:
-    """The components of a base model, ready to train."""
-
-    family: ModelFamily
-    denoiser: Any  # the network the LoRA trains: a diffusers UNet2DConditionModel for SD 1.x/2.x/SDXL
-    vae: Any
-    text_encoders: list[Any]
-    tokenizers: list[Any]
-    objective: TrainingObjective  # how the denoiser is trained; holds the scheduler and prediction type
-    source: Path
-    notes: list[str] = field(default_factory=list)  # what loading decided, for the plan printout
-
-
-class ModelFamily:
-    """What differs between SD 1.x, SD 2.x and SDXL. Subclasses fill in the details."""
-
-    name: str = ""  # "sd1", "sd2", "sdxl"
-    label: str = ""  # for people: "SD 1.x"
-    base_model_version: str = ""  # kohya's ss_base_model_version
-    modelspec_architecture: str = ""  # modelspec.architecture of a LoRA for this family
-    default_resolution: int = 512
-    denoiser_label: str = "UNet"  # what the family's denoiser is called, for people ("transformer")
-    text_encoder_prefixes: tuple[str, ...] = ("lora_te",)
-
-    def tokenize(self, model: LoadedModel, captions: list[str]) -> list[torch.Tensor]:
-        """Token ids per text encoder, padded to the tokenizer's max length."""
-        return [
-            tokenizer(
-                captions,
-                padding="max_length",
-                max_length=tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
-            for tokenizer in model.tokenizers
-        ]
-
-    def encode(self, model: LoadedModel, token_ids: list[torch.Tensor], clip_skip: int = 1) -> dict[str, Any]:
-        """The denoiser's conditioning for a batch of token ids (keyword arguments of `predict`)."""
-        raise NotImplementedError
-
-    def predict(
-        self,
-        model: LoadedModel,
-        noisy_latents: torch.Tensor,
-        timesteps: torch.Tensor,
-        conditioning: dict[str, Any],
-        geometry: list[ImageGeometry] | None = None,
-    ) -> torch.Tensor:
-        """The denoiser's prediction for `noisy_latents` (in the layout the objective made them).
-        `conditioning` is what `encode` returned (batch-first tensors) plus the objective's extra
-        inputs; `geometry` says how each image was sized and cropped (SDXL conditions on it)."""
-        return model.denoiser(noisy_latents, timesteps, **conditioning, return_dict=False)[0]
-
-    def kohya_unet_name(self, module_path: str) -> str:
-        """kohya's key stem for a UNet module given its diffusers path (`down_blocks.0...`)."""
-        raise NotImplementedError
-
-    def kohya_text_encoder_name(self, index: int, module_path: str) -> str:
-        """kohya's key stem for module `module_path` of text encoder `index`."""
-        raise NotImplementedError
-
-    # --- what a family may do differently; the defaults are SD 1.x / 2.x / SDXL's -------------------
-
-    network_module: str = "networks.lora"  # kohya's ss_network_module of this family's LoRAs
-    modelspec_implementation: str = ""  # modelspec.implementation when not SD's (diffusers / SGM)
-
-    def lora_targets(self, denoiser: Any) -> list[str] | None:
-        """The denoiser's modules that get a LoRA; None: kohya's default UNet targets (engine/network/targets.py)."""
-        return None
-
-    def trainable_text_encoders(self, model: LoadedModel) -> list[Any]:
-        """The text encoders a LoRA may train (FLUX.1: CLIP-L, never T5)."""
-        return list(model.text_encoders)
-
-    def kohya_tensors(self, denoiser_layers: list[tuple[str, Any, Any, float]], text_layers: list[tuple[str, Any, Any, float]], dtype: Any) -> dict[str, Any] | None:
-        """The LoRA file's tensors from (module path, lora_A weight, lora_B weight, alpha) of each
-        trained layer, when the family writes them other than one kohya module per trained layer
-        (FLUX.1 fuses q, k and v); None: the default."""
-        return None
-
-    def lora_metadata(self, answers: Any) -> dict[str, str]:
-        """Family-specific `ss_*` keys of the LoRA file, on top of the common ones."""
-        return {}
-
-
-def load_base_model(
-    path: str | Path,
-    *,
-    prediction: str = "auto",
-    tokenizer: str | Path | None = None,
-    vae: str | Path | None = None,
-    flux: Any = None,
-) -> LoadedModel:
-    """Load a base model from a diffusers folder or a single .safetensors / .ckpt file, offline;
-    with `vae`, that VAE (folder or file, engine/families/vae.py) replaces the model's own.
-    A FLUX.1 model (engine/families/flux.py) takes its other files and settings from `flux`
-    (a FluxOptions, from `flux_options(answers.model, answers.training)`)."""
-    from engine.families.flux import FluxOptions, is_flux_model, load_flux_model
-    from engine.families.sd import load_sd_model
-    from engine.library_logs import silence_known_noise
-
-    silence_known_noise()
-    if is_flux_model(Path(path), flux):
-        options = flux if flux is not None else FluxOptions(tokenizer=Path(tokenizer) if tokenizer else None)
-        return load_flux_model(Path(path), options)
-
-    model = load_sd_model(Path(path), prediction=prediction, tokenizer_dir=Path(tokenizer) if tokenizer else None)
-    if vae is not None:
-        from engine.families.vae import load_vae
-
-        model.vae = load_vae(Path(vae), model.vae)
-        model.notes.append(f"VAE from {vae} (replaces the model's own)")
-    return model
-
-
-@dataclass
-class ModelInfo:
-    """What a base model is, found cheaply (no weights read): for `--dry-run` and the wizard."""
-
-    family: str  # "sd1", "sd2", "sdxl", "flux1-dev", "flux1-schnell"
-    label: str  # "SD 1.x"
-    layout: str  # "diffusers folder" or "single file"
-    prediction: str  # "epsilon", "v_prediction" or "unknown" (an SD 2.x file decided only when loading)
-    prediction_reason: str
-    tokenizer: Path | None  # None: not found; tokenizer_note says where it looked
-    tokenizer_note: str
-    source: Path
-
-
-def inspect_base_model(path: str | Path, tokenizer: str | Path | None = None, *, flux: Any = None) -> ModelInfo:
-    """Family, layout, prediction type and tokenizer of a base model, from headers and configs only.
-    A FLUX.1 model's other files come from `flux` (a FluxOptions), as for `load_base_model`."""
-    from engine.families.flux import FluxOptions, inspect_flux, is_flux_model
-    from engine.families.single_file import inspect_base_model as inspect
-
-    if is_flux_model(Path(path), flux):
-        return inspect_flux(Path(path), flux if flux is not None else FluxOptions(tokenizer=Path(tokenizer) if tokenizer else None))
-
-    return inspect(Path(path), tokenizer=Path(tokenizer) if tokenizer else None)
+__all__ = ["ImageGeometry", "LoadedModel", "ModelFamily", "ModelInfo", "inspect_base_model", "load_base_model"]

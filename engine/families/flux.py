@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import ModelFileError
-from engine.families import LoadedModel, ModelFamily
+from engine.families.base import LoadedModel, ModelFamily
 from engine.families.flux_files import FLUX_VARIANTS, check_flux_files
 from engine.families.flux_load import T5_MAX_LENGTH, load_flux_parts, load_tokenizers, scheduler_for
 from engine.families.flux_lora import (
@@ -316,7 +316,7 @@ def is_flux_model(path: Path, options: FluxOptions | None = None) -> bool:
 
 def inspect_flux(path: Path, options: FluxOptions) -> Any:
     """ModelInfo of a FLUX.1 model from headers and configs only: "FLUX.1 dev" or "FLUX.1 schnell"."""
-    from engine.families import ModelInfo
+    from engine.families.base import ModelInfo
     from engine.families.flux_load import find_flux_tokenizers
 
     if path.is_dir():

@@ -239,7 +239,7 @@ def load_t5(file: FluxFile, dtype: Any) -> Any:
 def _cached(repo: str, filename: str) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
-    from engine.families.single_file import hugging_face_cache_dir
+    from engine.families.tokenizers import hugging_face_cache_dir
 
     found = try_to_load_from_cache(repo, filename, cache_dir=hugging_face_cache_dir())
     return Path(found).parent if isinstance(found, str) else None

@@ -21,13 +21,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from engine.devices import host_to_device
-from engine.families.objectives import NoisedBatch, TrainingObjective
+from engine.families.objectives import NoisedBatch, TrainingObjective, TrainingSettings
 from engine.seeds import generator
 
 if TYPE_CHECKING:
     import torch
-
-    from engine.config import TrainingSection
 
 TIMESTEP_SAMPLINGS = ("shift", "sigmoid", "uniform")
 DISCRETE_FLOW_SHIFT = 3.1582  # kohya's recommended --discrete_flow_shift for FLUX.1
@@ -94,7 +92,7 @@ class FlowMatching(TrainingObjective):
         self.settings = settings
         self.guidance = guidance  # FLUX.1 dev: the transformer takes a guidance strength
 
-    def noised(self, latents: torch.Tensor, indices: list[int], training: TrainingSection) -> NoisedBatch:
+    def noised(self, latents: torch.Tensor, indices: list[int], training: TrainingSettings) -> NoisedBatch:
         import torch
 
         noise = torch.empty_like(latents, device="cpu", dtype=torch.float32)

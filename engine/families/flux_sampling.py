@@ -20,7 +20,7 @@ from engine.families.flux_layout import KOHYA_TRANSFORMER_PREFIX, bfl_place
 if TYPE_CHECKING:
     import torch
 
-    from engine.families import LoadedModel
+    from engine.families.base import LoadedModel
 
 
 def build_flux_pipeline(model: LoadedModel) -> Any:

@@ -18,7 +18,7 @@ denoiser takes tokens (`inputs` and `target` in the packed layout, position ids 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.devices import host_to_device
 from engine.seeds import generator
@@ -26,7 +26,14 @@ from engine.seeds import generator
 if TYPE_CHECKING:
     import torch
 
-    from engine.config import TrainingSection
+
+class TrainingSettings(Protocol):
+    """What an objective reads of the answers file's [training] section (engine.config.TrainingSection);
+    a new objective's settings are added there and here."""
+
+    seed: int
+    noise_offset: float
+    min_snr_gamma: float | None
 
 
 @dataclass
@@ -47,7 +54,7 @@ class TrainingObjective:
     prediction_type: str = ""  # what the denoiser predicts, as LoRA metadata names it ("epsilon", "v_prediction")
     scheduler: Any = None  # the diffusers scheduler config that sample pipelines start from
 
-    def noised(self, latents: torch.Tensor, indices: list[int], training: TrainingSection) -> NoisedBatch:
+    def noised(self, latents: torch.Tensor, indices: list[int], training: TrainingSettings) -> NoisedBatch:
         """The batch of `latents` (batch-first, on the device) noised for the samples with global
         indices `indices`; all randomness comes from each sample's generator."""
         raise NotImplementedError
@@ -80,7 +87,7 @@ class NoisePrediction(TrainingObjective):
         self.scheduler = scheduler  # a DDPMScheduler set to `prediction_type`
         self.prediction_type = prediction_type  # "epsilon" or "v_prediction"
 
-    def noised(self, latents: torch.Tensor, indices: list[int], training: TrainingSection) -> NoisedBatch:
+    def noised(self, latents: torch.Tensor, indices: list[int], training: TrainingSettings) -> NoisedBatch:
         import torch
 
         scheduler = self.scheduler

@@ -20,15 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import ModelFileError
-from engine.families import ImageGeometry, LoadedModel, ModelFamily
-from engine.families.diffusers_folder import check_weight_files, training_scheduler
-from engine.families.objectives import NoisePrediction
+from engine.families.base import ImageGeometry, LoadedModel, ModelFamily
 from engine.families.sgm_names import sdxl_block_table, sgm_module_path
 
 if TYPE_CHECKING:
     import torch
 
-SDXL_DIFFUSERS_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 # The block layout every SDXL-architecture UNet has (Pony, Illustrious, NoobAI included): kohya's
 # SGM names only exist for it.
 SDXL_DOWN_BLOCKS = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
@@ -108,7 +105,7 @@ def _device_of(module: Any) -> torch.device:
 
 
 # --------------------------------------------------------------------------------------------------
-# Loading
+# What loading checks (the loaders are in diffusers_folder.py and sdxl_file.py)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -134,51 +131,3 @@ def sdxl_second_tokenizer(first: Any) -> Any:
     second = copy.deepcopy(first)
     second.pad_token = OPEN_CLIP_PAD_TOKEN
     return second
-
-
-def load_sdxl_folder(path: Path, *, prediction: str = "auto") -> LoadedModel:
-    """An SDXL diffusers folder (unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, scheduler)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    check_sdxl_folder(path)
-    try:
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
-        check_sdxl_layout(unet.config, path / "unet")
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
-        first = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True)
-        second = CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", local_files_only=True)
-        tokenizers = [CLIPTokenizer.from_pretrained(path, subfolder=part, local_files_only=True) for part in ("tokenizer", "tokenizer_2")]
-        scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"cannot load this SDXL model: {exc}", where=path, fix="check the model folder is complete and not damaged") from None
-    scheduler, prediction_type, note = training_scheduler(SDXL, scheduler, prediction)
-    return LoadedModel(
-        family=SDXL,
-        denoiser=unet,
-        vae=vae,
-        text_encoders=[first, second],
-        tokenizers=tokenizers,
-        objective=NoisePrediction(scheduler, prediction_type),
-        source=path,
-        notes=[note],
-    )
-
-
-def check_sdxl_folder(path: Path) -> None:
-    """Every part of an SDXL diffusers folder is there, weights and tokenizer files included."""
-    from engine.families.single_file import is_tokenizer_folder
-
-    for part in SDXL_DIFFUSERS_PARTS:
-        if not (path / part).is_dir():
-            raise ModelFileError(
-                f"this SDXL model folder has no `{part}` folder",
-                where=path,
-                fix=f"copy the complete model folder ({', '.join(SDXL_DIFFUSERS_PARTS)}), or give a .safetensors file",
-            )
-    weights = (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model"), ("text_encoder_2", "model"))
-    check_weight_files(path, weights)
-    for part in ("tokenizer", "tokenizer_2"):
-        if not is_tokenizer_folder(path / part):
-            raise ModelFileError(f"the `{part}` folder holds no vocab.json + merges.txt", where=path / part, fix="copy the complete model folder")
-

@@ -20,29 +20,30 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ModelFileError
-from engine.families import LoadedModel
-from engine.families.objectives import NoisePrediction
-from engine.families.single_file import (
+from engine.families.base import LoadedModel, ModelFamily, ModelInfo
+from engine.families.checkpoint_files import single_file_note
+from engine.families.file_prediction import prediction_from_file
+from engine.families.ldm_config import (
     UNET_PREFIX,
     Architecture,
-    TokenizerSearch,
-    _indices,
-    _shape,
-    build_unet,
-    build_vae,
     clip_text_sizes,
     derive_unet_config,
     derive_vae_config,
-    find_tokenizer,
     heads_for_width,
-    is_tokenizer_folder,
-    load_template,
-    load_text_encoder_strictly,
-    load_tokenizer,
+    indices_after,
     open_clip_text_sizes,
-    prediction_from_file,
-    single_file_note,
-    template_scheduler,
+    shape_of,
+)
+from engine.families.ldm_models import build_unet, build_vae, load_text_encoder_strictly
+from engine.families.objectives import NoisePrediction
+from engine.families.sdxl import check_sdxl_layout, sdxl_second_tokenizer
+from engine.families.templates import load_template, template_scheduler
+from engine.families.tokenizers import (
+    TokenizerSearch,
+    find_tokenizer,
+    is_tokenizer_folder,
+    load_tokenizer,
+    missing_tokenizer_error,
 )
 
 FIRST_ENCODER_PREFIX = "conditioner.embedders.0.transformer."  # CLIP ViT-L, transformers' names
@@ -78,8 +79,6 @@ def check_sdxl_base_keys(keys: Any, path: Path) -> None:
 
 def derive_sdxl_unet_config(shapes: dict[str, tuple[int, ...]], path: Path) -> dict[str, Any]:
     """SDXL's UNet config with the sizes of this file: widths, depths per level, embedding sizes."""
-    from engine.families.sdxl import check_sdxl_layout
-
     config = derive_unet_config(shapes, "sdxl", path)
     unet = {key[len(UNET_PREFIX) :]: shape for key, shape in shapes.items() if key.startswith(UNET_PREFIX)}
     layers = config["layers_per_block"]
@@ -87,9 +86,9 @@ def derive_sdxl_unet_config(shapes: dict[str, tuple[int, ...]], path: Path) -> d
     for level, block_type in enumerate(config["down_block_types"]):
         first = f"input_blocks.{1 + level * (layers + 1)}.1.transformer_blocks."
         # SDXL's depth per level ((1, 2, 10)); a level without attention keeps the template's unused 1.
-        depths.append(len(_indices(unet, first)) if block_type.startswith("CrossAttn") else 1)
-    embedding_input = _shape(unet, "label_emb.0.0.weight", path)[1]
-    pooled = _shape(shapes, SECOND_ENCODER_PREFIX + "text_projection", path)[1]
+        depths.append(len(indices_after(unet, first)) if block_type.startswith("CrossAttn") else 1)
+    embedding_input = shape_of(unet, "label_emb.0.0.weight", path)[1]
+    pooled = shape_of(shapes, SECOND_ENCODER_PREFIX + "text_projection", path)[1]
     config.update(
         transformer_layers_per_block=depths,
         projection_class_embeddings_input_dim=embedding_input,
@@ -112,7 +111,7 @@ def derive_second_text_encoder_config(shapes: dict[str, tuple[int, ...]], path: 
     config.update(
         sizes,
         num_attention_heads=heads_for_width(sizes["hidden_size"], OPEN_CLIP_HEAD_WIDTH),
-        projection_dim=_shape(shapes, SECOND_ENCODER_PREFIX + "text_projection", path)[1],
+        projection_dim=shape_of(shapes, SECOND_ENCODER_PREFIX + "text_projection", path)[1],
     )
     return config
 
@@ -189,8 +188,6 @@ def find_sdxl_tokenizers(path: Path, tokenizer_dir: Path | None) -> SdxlTokenize
 
 
 def load_sdxl_tokenizers(search: SdxlTokenizers, architecture: Architecture, path: Path) -> list[Any]:
-    from engine.families.sdxl import sdxl_second_tokenizer
-
     assert search.first.folder is not None
     first = load_tokenizer(search.first.folder, architecture.text_encoder["vocab_size"], path)
     if search.second is None:
@@ -213,12 +210,16 @@ def sdxl_prediction(path: Path, keys: Any, metadata: dict[str, str], requested: 
 
 
 def load_sdxl_single_file(
-    path: Path, tensors: dict[str, Any], metadata: dict[str, str], architecture: Architecture, *, prediction: str, tokenizer_dir: Path | None
+    path: Path,
+    family: ModelFamily,
+    tensors: dict[str, Any],
+    metadata: dict[str, str],
+    architecture: Architecture,
+    *,
+    prediction: str,
+    tokenizer_dir: Path | None,
 ) -> LoadedModel:
-    """Build the SDXL models from a file's tensors (read by single_file.read_checkpoint)."""
-    from engine.families.sdxl import SDXL
-    from engine.families.single_file import missing_tokenizer_error
-
+    """Build the models of an SDXL-architecture `family` from a file's tensors (read by single_file.read_checkpoint)."""
     search = find_sdxl_tokenizers(path, tokenizer_dir)
     if search.first.folder is None:
         raise missing_tokenizer_error(path, "sdxl", search.first)
@@ -229,7 +230,7 @@ def load_sdxl_single_file(
     second = build_second_text_encoder(architecture.text_encoder_2, tensors, path)
     prediction_type, reason = sdxl_prediction(path, tensors.keys(), metadata, prediction)
     return LoadedModel(
-        family=SDXL,
+        family=family,
         denoiser=unet,
         vae=vae,
         text_encoders=[first, second],
@@ -237,8 +238,26 @@ def load_sdxl_single_file(
         objective=NoisePrediction(template_scheduler("sdxl", prediction_type), prediction_type),
         source=path,
         notes=[
-            single_file_note(SDXL.label, path, tensors),
+            single_file_note(family.label, path, tensors),
             f"{prediction_type} prediction: {reason}",
             f"tokenizers: {search.note}",
         ],
+    )
+
+
+def inspect_sdxl_file(
+    path: Path, family: ModelFamily, shapes: dict[str, tuple[int, ...]], metadata: dict[str, str], tokenizer: Path | None
+) -> ModelInfo:
+    """What an SDXL-architecture file is, from its header: prediction type and tokenizers."""
+    prediction, reason = sdxl_prediction(path, shapes.keys(), metadata)
+    search = find_sdxl_tokenizers(path, tokenizer)
+    return ModelInfo(
+        family=family.name,
+        label=family.label,
+        layout="single file",
+        prediction=prediction,
+        prediction_reason=reason,
+        tokenizer=search.first.folder,
+        tokenizer_note=search.note,
+        source=path,
     )

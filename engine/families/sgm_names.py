@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
+from engine.families.templates import load_template
+
 # diffusers ResNet part -> original ResNet part (ResBlock's in_layers / emb_layers / out_layers).
 RESNET_PARTS = {
     "norm1": "in_layers.0",
@@ -103,6 +105,4 @@ def sgm_state_dict(state_dict: Mapping[str, Any], config: Mapping[str, Any]) -> 
 @lru_cache(maxsize=1)
 def sdxl_block_table() -> dict[str, str]:
     """The table of SDXL's own UNet (configs/sdxl/unet.json): every SDXL-architecture model shares it."""
-    from engine.families.single_file import load_template
-
     return block_table(load_template("sdxl", "unet"))

@@ -21,6 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ModelFileError
+from engine.families.checkpoint_files import (
+    SINGLE_FILE_SUFFIXES,
+    read_pickle_checkpoint,
+    read_safetensors,
+    read_safetensors_shapes,
+)
+from engine.families.ldm_models import load_strictly
 
 VAE_KEY = "`[model] vae`"
 VAE_FIX = "set `[model] vae` to a VAE folder (config.json + weights) or a VAE .safetensors file, or remove the key"
@@ -45,8 +52,6 @@ def vae_folder(path: Path) -> Path | None:
 def check_vae_path(path: Path) -> None:
     """A cheap look before any weight is read: a VAE folder, or a file of a kind that can hold one
     (a .safetensors header must name VAE tensors)."""
-    from engine.families.single_file import SINGLE_FILE_SUFFIXES, read_safetensors_shapes
-
     if not path.exists():
         raise ModelFileError(f"{VAE_KEY}: nothing at this path", where=path, fix=VAE_FIX)
     if path.is_dir():
@@ -106,13 +111,6 @@ def _load_file(path: Path, config: Any) -> Any:
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    from engine.families.single_file import (
-        _load_strictly,
-        read_pickle_checkpoint,
-        read_safetensors,
-        read_safetensors_shapes,
-    )
-
     if path.suffix.lower() == ".safetensors":
         shapes, _ = read_safetensors_shapes(path)
         tensors = read_safetensors(path, list(vae_tensors(dict.fromkeys(shapes), path)))
@@ -126,7 +124,7 @@ def _load_file(path: Path, config: Any) -> Any:
     else:
         state_dict = convert_ldm_vae_checkpoint(tensors, config)
     try:
-        return _load_strictly(vae, state_dict, "VAE", path)
+        return load_strictly(vae, state_dict, "VAE", path)
     except ModelFileError as exc:
         raise ModelFileError(
             f"{VAE_KEY}: this VAE does not fit the base model's VAE architecture ({exc.message[:300]})",

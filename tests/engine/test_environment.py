@@ -361,7 +361,7 @@ def test_unknown_gpu_is_estimated_from_its_architecture():
 
 
 def test_every_family_has_a_cost_row():
-    from engine.families.sd import FAMILIES
+    from engine.families.registry import FAMILIES
 
     assert set(FAMILY_COSTS) == {"sd1", "sd2", "sdxl", "flux1-dev", "flux1-schnell"} == set(FAMILIES)
 

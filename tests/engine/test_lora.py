@@ -66,7 +66,7 @@ def sd15_module_stems() -> list[str]:
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from engine.families.sd import FAMILIES
+    from engine.families.registry import FAMILIES
 
     unet_config = json.loads((SD15_CONFIGS / "unet.json").read_text(encoding="utf-8"))
     with init_empty_weights():

@@ -32,7 +32,7 @@ from engine.events import EventLog
 from engine.families import ImageGeometry, LoadedModel, inspect_base_model, load_base_model
 from engine.families.sdxl import SDXL, time_ids
 from engine.families.sgm_names import block_table, sdxl_block_table, sgm_module_path, sgm_state_dict
-from engine.families.single_file import load_template
+from engine.families.templates import load_template
 from engine.generate import generate
 from engine.image_maker import ImageMaker
 from engine.network import (

@@ -16,7 +16,9 @@ from safetensors.torch import load_file, save_file
 
 from engine.errors import ModelFileError
 from engine.families import inspect_base_model, load_base_model
-from engine.families.single_file import derive_architecture, load_template, unet_predicts_v
+from engine.families.file_prediction import unet_predicts_v
+from engine.families.single_file import derive_architecture
+from engine.families.templates import load_template
 from engine.tiny import build_tiny_sd1_pipeline, write_tiny_sd2_single_file, write_tiny_single_file
 
 LIGHTNING_MODULE = "pytorch_lightning.callbacks.model_checkpoint"

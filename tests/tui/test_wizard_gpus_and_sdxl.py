@@ -181,7 +181,7 @@ async def test_without_bitsandbytes_sdxl_keeps_adamw(sdxl_demo, workspace, tmp_p
 
 async def test_an_sd1_model_keeps_its_512_defaults(demo, workspace, tmp_path_factory):
     from engine.config import load_answers
-    from engine.families.sd import FAMILIES
+    from engine.families.registry import FAMILIES
 
     app = make_app(tmp_path_factory.mktemp("data"), facts=machine_with(RTX_4090, bitsandbytes=BITSANDBYTES))
     app.draft = new_lora(demo)
