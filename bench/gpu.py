@@ -129,7 +129,8 @@ def build_sdxl_folder(folder: Path, *, configs: dict[str, dict[str, Any]] | None
 
     from bench.model import INSTANCE
     from engine.families.templates import load_template
-    from engine.tiny import write_synthetic_dataset, write_tiny_sdxl_tokenizers
+    from engine.tiny import write_synthetic_dataset
+    from engine.tiny_sdxl import write_tiny_sdxl_tokenizers
 
     configs = configs or shipped_sdxl_configs()
     first_tokenizer, second_tokenizer = write_tiny_sdxl_tokenizers(folder)

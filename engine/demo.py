@@ -13,7 +13,8 @@ from pathlib import Path
 from engine.config import Answers, save_answers
 from engine.errors import UserError
 from engine.library_logs import silence_known_noise
-from engine.tiny import build_tiny_sd1_pipeline, build_tiny_sdxl_pipeline, write_synthetic_dataset
+from engine.tiny import build_tiny_sd1_pipeline, write_synthetic_dataset
+from engine.tiny_sdxl import build_tiny_sdxl_pipeline
 
 DEMO_RESOLUTION = 64
 

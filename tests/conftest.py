@@ -29,7 +29,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sdxl_model_dir(tmp_path_factory) -> Path:
     """A tiny SDXL-shaped diffusers folder (random weights), built once for the session."""
-    from engine.tiny import build_tiny_sdxl_pipeline
+    from engine.tiny_sdxl import build_tiny_sdxl_pipeline
 
     return build_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "model")
 

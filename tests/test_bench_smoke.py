@@ -79,16 +79,11 @@ def test_gpu_case_runs_on_the_cpu_and_checkpointing_keeps_every_lora_gradient(qu
 
 
 def tiny_sdxl_configs(tokenizer_dir: Path) -> dict:
-    """engine/tiny.py's tiny SDXL shape (tiny_sdxl_models) as the part configs bench/gpu.py builds from."""
+    """engine/tiny_sdxl.py's tiny SDXL shape (tiny_sdxl_models) as the part configs bench/gpu.py builds from."""
     from transformers import CLIPTokenizer
 
-    from engine.tiny import (
-        TINY_SDXL_TEXT_WIDTHS,
-        tiny_sdxl_unet_config,
-        tiny_text_encoder_config,
-        tiny_vae_config,
-        write_tiny_tokenizer,
-    )
+    from engine.tiny import tiny_text_encoder_config, tiny_vae_config, write_tiny_tokenizer
+    from engine.tiny_sdxl import TINY_SDXL_TEXT_WIDTHS, tiny_sdxl_unet_config
 
     vocab_size = len(CLIPTokenizer.from_pretrained(write_tiny_tokenizer(tokenizer_dir)))
     first_width, second_width = TINY_SDXL_TEXT_WIDTHS

@@ -32,7 +32,8 @@ from engine.network import (
     lora_parameters,
     save_lora_file,
 )
-from engine.tiny import build_tiny_sd1_pipeline, build_tiny_sdxl_pipeline
+from engine.tiny import build_tiny_sd1_pipeline
+from engine.tiny_sdxl import build_tiny_sdxl_pipeline
 from tests.conftest import library_warnings, randomize_lora_weights, relative_difference
 
 DATA = Path(__file__).parent / "data"

@@ -1,4 +1,4 @@
-"""SDXL on a tiny SDXL-shaped model (engine/tiny.py), offline: loading, conditioning, training, kohya's names.
+"""SDXL on a tiny SDXL-shaped model (engine/tiny_sdxl.py), offline: loading, conditioning, training, kohya's names.
 
 The checked-in list tests/engine/data/sdxl_lora_modules.txt holds kohya's 986 SDXL module stems
 (722 UNet in the original SGM naming, 72 CLIP-L `lora_te1_`, 192 OpenCLIP bigG `lora_te2_`), produced
@@ -46,7 +46,8 @@ from engine.plan import prepare_plan
 from engine.png_files import png_bytes
 from engine.prompts import SamplePrompt
 from engine.sampling import sample_images
-from engine.tiny import write_synthetic_dataset, write_tiny_sdxl_single_file
+from engine.tiny import write_synthetic_dataset
+from engine.tiny_sdxl import write_tiny_sdxl_single_file
 from engine.train import Trainer
 from tests.conftest import (
     copy_with_nan_vae,

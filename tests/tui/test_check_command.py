@@ -158,7 +158,7 @@ def test_estimate_item_fails_when_the_run_cannot_fit(tmp_path, tiny_model_dir, t
 
 @pytest.fixture(scope="module")
 def tiny_sdxl_dir(tmp_path_factory) -> Path:
-    from engine.tiny import build_tiny_sdxl_pipeline
+    from engine.tiny_sdxl import build_tiny_sdxl_pipeline
 
     return build_tiny_sdxl_pipeline(tmp_path_factory.mktemp("tiny-sdxl") / "model")
 
