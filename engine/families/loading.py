@@ -39,9 +39,10 @@ def load_base_model(
         family = family_from_unet_config(check_diffusers_folder(path), path)
         model = load_diffusers_folder(path, family, prediction=prediction)
     else:
-        checkpoint = read_checkpoint(path)
-        family = FAMILIES[checkpoint[2].family]
-        model = load_single_file(path, family, checkpoint, prediction=prediction, tokenizer_dir=Path(tokenizer) if tokenizer else None)
+        tensors, metadata, architecture = read_checkpoint(path)
+        family = FAMILIES[architecture.family]
+        tokenizer_dir = Path(tokenizer) if tokenizer else None
+        model = load_single_file(path, family, tensors, metadata, architecture, prediction=prediction, tokenizer_dir=tokenizer_dir)
     if vae is not None:
         model.vae = load_vae(Path(vae), model.vae)
         model.notes.append(f"VAE from {vae} (replaces the model's own)")
@@ -56,5 +57,6 @@ def inspect_base_model(path: str | Path, tokenizer: str | Path | None = None, *,
         return inspect_flux(path, flux if flux is not None else FluxOptions(tokenizer=Path(tokenizer) if tokenizer else None))
     if path.is_dir():
         return inspect_diffusers_folder(path, family_from_unet_config(check_diffusers_folder(path), path))
-    header = read_header(path)
-    return inspect_single_file(path, FAMILIES[header[2].family], header, Path(tokenizer) if tokenizer else None)
+    shapes, metadata, architecture = read_header(path)
+    family = FAMILIES[architecture.family]
+    return inspect_single_file(path, family, shapes, metadata, architecture, Path(tokenizer) if tokenizer else None)

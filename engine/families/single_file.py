@@ -82,13 +82,14 @@ def read_header(path: Path) -> tuple[Shapes, dict[str, str], Architecture]:
 def load_single_file(
     path: Path,
     family: ModelFamily,
-    checkpoint: tuple[dict[str, Any], dict[str, str], Architecture],
+    tensors: dict[str, Any],
+    metadata: dict[str, str],
+    architecture: Architecture,
     *,
     prediction: str = "auto",
     tokenizer_dir: Path | None = None,
 ) -> LoadedModel:
-    """The models of a file of `family` whose `read_checkpoint` is `checkpoint`, ready to train."""
-    tensors, metadata, architecture = checkpoint
+    """The models of a file of `family` from what `read_checkpoint` read of it, ready to train."""
     if architecture.family == "sdxl":
         return load_sdxl_single_file(path, family, tensors, metadata, architecture, prediction=prediction, tokenizer_dir=tokenizer_dir)
     search = find_tokenizer(path, architecture.family, tokenizer_dir)
@@ -101,7 +102,6 @@ def load_single_file(
     tokenizer = load_tokenizer(search.folder, architecture.text_encoder["vocab_size"], path)
     file_note = single_file_note(family.label, path, tensors)
     from_file = prediction_from_file(path, tensors.keys(), metadata)
-    del tensors
 
     prediction_type, reason = decide_prediction(architecture.family, prediction, from_file, unet)
     notes = [file_note, f"{prediction_type} prediction: {reason}", f"tokenizer from {search.folder}"]
@@ -118,13 +118,12 @@ def load_single_file(
 
 
 def inspect_single_file(
-    path: Path, family: ModelFamily, header: tuple[Shapes, dict[str, str], Architecture], tokenizer: Path | None = None
+    path: Path, family: ModelFamily, shapes: Shapes, metadata: dict[str, str], architecture: Architecture, tokenizer: Path | None = None
 ) -> ModelInfo:
-    """What a file of `family` whose `read_header` is `header` is, cheaply: no weights are read.
+    """What a file of `family` is, from what `read_header` read of it: no weights are read.
 
     Its tokenizer is looked up as loading would (and, online, fetched once into the Hugging Face
     cache: a few small files), so a plan that passes here does not fail later for want of one."""
-    shapes, metadata, architecture = header
     if architecture.family == "sdxl":
         return inspect_sdxl_file(path, family, shapes, metadata, tokenizer)
     from_file = prediction_from_file(path, shapes.keys(), metadata)
