@@ -8,6 +8,8 @@ adding a family adds a family module, its objective and its loaders, not a loop 
     base.py          the interface: ModelFamily, LoadedModel, ImageGeometry, ModelInfo
     objectives.py    training objectives (DDPM noise prediction: epsilon or v)
     sd.py, sdxl.py   the families (sgm_names.py: SDXL's kohya key names)
+    flux.py          FLUX.1 dev / schnell (flux_objective.py: flow matching; flux_*.py: its files,
+                     loading, LoRA names, memory and sampling)
     registry.py      every family by name, and which one a UNet config belongs to
     loading.py       load_base_model / inspect_base_model: the layout, the family, its loader
     diffusers_folder.py   the diffusers-folder layout
