@@ -24,7 +24,7 @@ def target_shapes(family: str, *, convs: bool, text_encoders: bool) -> tuple[tup
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from engine.families.single_file import load_template
+    from engine.families.templates import load_template
 
     # torch's device context, not accelerate's init_empty_weights: that one patches nn.Module for
     # every thread, and this runs in a wizard worker while other threads may build real models.
