@@ -96,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench.report import machine_facts
-    from engine.runs import engine_running, request
+    from engine.run_folder import engine_running, request
 
     with tempfile.TemporaryDirectory() as folder:
         run = busy_run(Path(folder) / "demo")

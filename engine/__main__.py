@@ -29,9 +29,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_main_process(run_dir: Path, *, resume: bool) -> int:
-    from engine.events import EventLog
+    from engine.events import EventLog, Failed
+    from engine.launch import execute_run
     from engine.plan import prepare_plan
-    from engine.runs import RunLock, execute_run, load_run_answers
+    from engine.run_folder import RunLock, load_run_answers
 
     try:
         with RunLock(run_dir):
@@ -39,7 +40,7 @@ def run_main_process(run_dir: Path, *, resume: bool) -> int:
                 plan = prepare_plan(load_run_answers(run_dir), for_resume=resume)
             except UserError as exc:
                 with EventLog(run_dir / "events.jsonl") as events:
-                    events.emit("failed", message=exc.render(), remedy=exc.fix or "")
+                    events.emit(Failed(message=exc.render(), remedy=exc.fix or ""))
                 raise
             return exit_status_for_launcher(execute_run(plan, run_dir, resume=resume))
     except UserError as exc:
@@ -52,12 +53,12 @@ def exit_status_for_launcher(status: int) -> int:
 
     torchrun takes any other status for a crash: it prints a ChildFailedError traceback and
     terminates the other processes while they are still exiting. The run's `interrupted` event
-    records the stop, and `lora-wizard train` / `resume` (engine.runs.run_launched) turn that
+    records the stop, and `lora-wizard train` / `resume` (engine.launch.run_launched) turn that
     event into the 130 / 143 a one-process run exits with."""
-    from engine.runs import EXIT_INTERRUPTED
+    from engine.run_folder import INTERRUPTED_EXIT
 
     under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
-    return 0 if under_torchrun and status in EXIT_INTERRUPTED.values() else status
+    return 0 if under_torchrun and status in INTERRUPTED_EXIT.values() else status
 
 
 def run_other_process(run_dir: Path, *, resume: bool) -> int:
@@ -65,7 +66,7 @@ def run_other_process(run_dir: Path, *, resume: bool) -> int:
     from engine.controls import Interrupted, TrainingFailed
     from engine.events import EventLog
     from engine.plan import prepare_plan
-    from engine.runs import load_run_answers
+    from engine.run_folder import load_run_answers
     from engine.train import train
 
     # Signals reach every process; the main one decides when to stop and tells the others.

@@ -203,6 +203,16 @@ class TrainingSection(_Section):
             raise ValueError("warmup_steps is larger than max_steps")
         return self
 
+    @property
+    def effective_batch(self) -> int:
+        return effective_batch(self.batch_size, self.processes, self.gradient_accumulation)
+
+
+def effective_batch(batch_size: int, processes: int, gradient_accumulation: int) -> int:
+    """Images per optimizer step: batch size x processes x gradient accumulation (kohya's total
+    batch size: each process takes `batch_size` images of every batch)."""
+    return batch_size * processes * gradient_accumulation
+
 
 class SamplesSection(_Section):
     prompts: list[str] = Field(default_factory=list, description="Sample prompts in kohya's syntax: prompt --n neg --w 512 --h 512 --s 28 --l 7.5 --d 42")

@@ -1,5 +1,5 @@
 """How the training loop is asked to stop or checkpoint from outside, and how it ends: a result,
-a stop on request, or a failure with a remedy for the user (engine/runs.py turns each into the
+a stop on request, or a failure with a remedy for the user (engine/launch.py turns each into the
 run's last event and its exit status)."""
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 CONCEPT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 EXAMPLE_FOLDER_NAME = "20_usu bear"
+# The seed article: about 5x as many regularization images as training images (the check suggests
+# it, `reg generate` and the Dataset step default to it).
+REG_IMAGES_PER_TRAINING_IMAGE = 5
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.events import EventLog
+from engine.events import EventLog, Sampled, Saved
 from engine.plan import TrainingPlan
 
 if TYPE_CHECKING:
@@ -56,8 +56,7 @@ class RunOutputs:
                 seed=a.training.seed, clip_skip=a.training.clip_skip,
                 text_encoders_in_use=lambda: self.parking.in_use("text_encoders"),
             )
-        self.events.emit("sample", step=step, epoch=epoch, paths=[str(p) for p in paths],
-                         prompts=[p.prompt for p in self.sample_prompts])
+        self.events.emit(Sampled(step=step, epoch=epoch, paths=[str(p) for p in paths], prompts=[p.prompt for p in self.sample_prompts]))
 
     def uncompiled(self) -> Any:
         if not self.answers.training.compile:
@@ -98,7 +97,7 @@ class RunOutputs:
         metadata = kohya_metadata(model=self.model, answers=a, stats=stats)
         overwrite = a.output.overwrite if overwrite is None else overwrite
         saved = save_lora_file(path, tensors, metadata, overwrite=overwrite)
-        self.events.emit("saved", path=str(saved), step=step, epoch=epoch)
+        self.events.emit(Saved(path=str(saved), step=step, epoch=epoch))
         return saved
 
     @contextmanager

@@ -16,7 +16,6 @@ from engine.samplers import DEFAULT_SAMPLER
 from engine.seeds import derive_seed
 
 REG_REPEATS = 1  # kohya's `1_<class>`: reg images are repeated to match the training count anyway
-REG_PER_TRAINING_IMAGE = 5  # the article's advice: about 5x the training images
 
 
 @dataclass
@@ -43,9 +42,9 @@ def reg_image_path(folder: Path, index: int) -> Path:
 
 def default_reg_count(train_dir: Path) -> int:
     """The article's rule: 5 regularization images per training image (not counting repeats)."""
-    from engine.dataset import plan_dataset
+    from engine.dataset import REG_IMAGES_PER_TRAINING_IMAGE, plan_dataset
 
-    return REG_PER_TRAINING_IMAGE * len(plan_dataset(Path(train_dir)).train_examples)
+    return REG_IMAGES_PER_TRAINING_IMAGE * len(plan_dataset(Path(train_dir)).train_examples)
 
 
 def generate_regularization(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
+from engine.events import Checkpointed, EpochEnded, Sampled, Saved, Step, parse_event
 
 INSTALL_FIX = 'pip install "lora-wizard[tensorboard]", or set `[output] tensorboard = false`'
 
@@ -37,31 +38,32 @@ class TensorBoardLog:
         self._epoch = None
         self._epoch_losses: list[float] = []
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        if event["kind"] == "step":
+    def __call__(self, data: dict[str, Any]) -> None:
+        event = parse_event(data)
+        if isinstance(event, Step):
             self._step(event)
-        elif event["kind"] == "sample":
+        elif isinstance(event, Sampled):
             self._sample(event)
-        elif event["kind"] in ("epoch", "checkpoint", "saved"):
+        elif isinstance(event, EpochEnded | Checkpointed | Saved):
             self.writer.flush()  # what is written survives a kill from here on
 
-    def _step(self, event: dict[str, Any]) -> None:
-        step, loss = event["step"], event["loss"]
-        if event["epoch"] != self._epoch:
-            self._epoch, self._epoch_losses = event["epoch"], []
+    def _step(self, event: Step) -> None:
+        step, loss = event.step, event.loss
+        if event.epoch != self._epoch:
+            self._epoch, self._epoch_losses = event.epoch, []
         self._epoch_losses.append(loss)
         self.writer.add_scalar("loss/current", loss, step)
         self.writer.add_scalar("loss/average", sum(self._epoch_losses) / len(self._epoch_losses), step)
-        self.writer.add_scalar("lr/unet", event["lr"], step)
+        self.writer.add_scalar("lr/unet", event.lr, step)
 
-    def _sample(self, event: dict[str, Any]) -> None:
+    def _sample(self, event: Sampled) -> None:
         import numpy as np
         from PIL import Image
 
-        for index, path in enumerate(event["paths"]):
+        for index, path in enumerate(event.paths):
             with Image.open(path) as image:
                 pixels = np.asarray(image.convert("RGB"))
-            self.writer.add_image(f"samples/{index:02d}", pixels, event["step"], dataformats="HWC")
+            self.writer.add_image(f"samples/{index:02d}", pixels, event.step, dataformats="HWC")
         self.writer.flush()
 
     def close(self) -> None:

@@ -29,7 +29,7 @@ from engine.checkpoint import (
 from engine.controls import Controls, Interrupted, TrainingFailed, TrainResult
 from engine.cpu_threads import ThreadChoice, choose_threads, recorded_threads, use_threads
 from engine.dataset import Example
-from engine.events import EventLog
+from engine.events import Checkpointed, CheckpointSkipped, EpochEnded, EventLog, Ready, Resumed, Step
 from engine.families import ImageGeometry
 from engine.plan import TrainingPlan, check_output_free
 from engine.schedule import Batch, PlannedStep, Schedule
@@ -287,8 +287,8 @@ class Trainer:
             return self._run(start)
 
     def _run(self, start: Position) -> TrainResult:
-        self.events.emit("ready", device=str(self.device), precision=self.precision, total_steps=self.plan.total_steps,
-                         notes=self.notes, cpu_threads=self.cpu_threads.threads if self.cpu_threads else None)
+        self.events.emit(Ready(device=str(self.device), precision=self.precision, total_steps=self.plan.total_steps, notes=self.notes,
+                               cpu_threads=self.cpu_threads.threads if self.cpu_threads else None))
         if self.cadence.samples_before(start.step):
             self.outputs.sample(step=0, epoch=0)
         step = start.step
@@ -310,7 +310,7 @@ class Trainer:
         if actions.log:
             self.report()
         if actions.end_epoch:
-            self.events.emit("epoch", epoch=epoch, epochs=self.plan.epochs, step=step)
+            self.events.emit(EpochEnded(epoch=epoch, epochs=self.plan.epochs, step=step))
         if actions.sample:
             self.outputs.sample(step=step, epoch=epoch)
         if actions.save:
@@ -365,7 +365,7 @@ class Trainer:
                     f"the loss became {value} at step {step}",
                     "lower the learning rate; with fp16 try bf16 or no mixed precision; check the images are not corrupt",
                 )
-            self.events.emit("step", step=step, total_steps=self.plan.total_steps, epoch=epoch, loss=value, lr=lr)
+            self.events.emit(Step(step=step, total_steps=self.plan.total_steps, epoch=epoch, loss=value, lr=lr))
 
     # --- between steps -----------------------------------------------------------------------
 
@@ -375,7 +375,7 @@ class Trainer:
         path = self.state.write_checkpoint(self.run_dir, position, fingerprint=self.fingerprint,
                                            keep_last=self.answers.checkpoints.keep_last, before_commit=self.before_checkpoint_commit)
         if path is not None:
-            self.events.emit("checkpoint", path=str(path), step=position.step, epoch=position.epoch)
+            self.events.emit(Checkpointed(path=str(path), step=position.step, epoch=position.epoch))
         return path
 
     def poll_controls(self) -> str | None:
@@ -403,7 +403,7 @@ def train(plan: TrainingPlan, events: EventLog, *, run_dir: Path | None = None, 
     checkpoint = None
     if resume and run_dir is not None:
         def skipped(path: Path, reason: str) -> None:
-            events.emit("checkpoint_skipped", path=str(path), reason=reason)
+            events.emit(CheckpointSkipped(path=str(path), reason=reason))
 
         checkpoint = newest_valid_checkpoint(run_dir, on_skip=skipped)
         if checkpoint is not None:
@@ -419,5 +419,5 @@ def train(plan: TrainingPlan, events: EventLog, *, run_dir: Path | None = None, 
         trainer.state.restore(checkpoint)
         trainer.resumed = True
         start = checkpoint.position
-        events.emit("resumed", step=start.step, epoch=start.epoch, checkpoint=str(checkpoint.path))
+        events.emit(Resumed(step=start.step, epoch=start.epoch, checkpoint=str(checkpoint.path)))
     return trainer.run(start)

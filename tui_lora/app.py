@@ -57,7 +57,8 @@ DRAFT_SAVE_DELAY = 0.3
 
 def spawn_engine(folder: Path) -> int:
     """The engine on a run folder, detached: one process per `[training] processes`."""
-    from engine.runs import load_run_answers, spawn_detached
+    from engine.launch import spawn_detached
+    from engine.run_folder import load_run_answers
 
     return spawn_detached(folder, processes=load_run_answers(folder).training.processes)
 
@@ -168,7 +169,7 @@ class WizardApp(App[FollowUp | None]):
     def open_run_answers(self, run_folder: Path) -> None:
         """A new LoRA starting from a run's answers (its name must change, or overwrite be set)."""
         from engine.errors import UserError
-        from engine.runs import load_run_answers
+        from engine.run_folder import load_run_answers
 
         try:
             answers = load_run_answers(run_folder)

@@ -24,6 +24,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from engine.events import Failed, Finished, Ready, Saved, Started, Step, parse_event
 from tui_lora.run_view import RunView, format_duration
 
 
@@ -52,7 +53,6 @@ class RichProgress:
             console=self.console,
         )
         self.task = self.progress.add_task("loading model", total=None, epoch="-", loss="-")
-        self.last: dict[str, Any] = {}
 
     def __enter__(self) -> RichProgress:
         self.progress.start()
@@ -61,28 +61,24 @@ class RichProgress:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def on_event(self, event: dict[str, Any]) -> None:
-        self.view.apply(event)
-        kind = event["kind"]
-        if kind == "started":
-            self.console.print(f"run folder: {event['run_dir']}")
-            self.progress.update(self.task, total=event["total_steps"])
-        elif kind == "ready":
-            for note in event.get("notes") or []:
+    def on_event(self, data: dict[str, Any]) -> None:
+        self.view.apply(data)
+        event = parse_event(data)
+        if isinstance(event, Started):
+            self.console.print(f"run folder: {event.run_dir}")
+            self.progress.update(self.task, total=event.total_steps)
+        elif isinstance(event, Ready):
+            for note in event.notes:
                 self.console.print(f"note: {note}")
             self.progress.update(self.task, description="training")
-        elif kind == "step":
-            self.progress.update(
-                self.task, completed=event["step"], epoch=event["epoch"], loss=f"{event['loss']:.4f}"
-            )
-        elif kind == "saved":
-            self.console.print(f"saved {event['path']}")
-        elif kind in ("finished", "failed", "interrupted"):
-            self.last = event
+        elif isinstance(event, Step):
+            self.progress.update(self.task, completed=event.step, epoch=event.epoch, loss=f"{event.loss:.4f}")
+        elif isinstance(event, Saved):
+            self.console.print(f"saved {event.path}")
 
     def summary(self) -> None:
-        kind = self.last.get("kind")
-        if kind == "finished":
-            self.console.print(f"[green]finished[/]: {self.last['lora']} ({self.last['steps']} steps)")
-        elif kind == "failed":
-            self.console.print(f"[red]failed[/]: {self.last['message']}\n  remedy: {self.last.get('remedy', '')}")
+        final = self.view.final
+        if isinstance(final, Finished):
+            self.console.print(f"[green]finished[/]: {final.lora} ({final.steps} steps)")
+        elif isinstance(final, Failed):
+            self.console.print(f"[red]failed[/]: {final.message}\n  remedy: {final.remedy}")

@@ -18,13 +18,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.events import (
+    Checkpointed,
+    CheckpointSkipped,
+    EpochEnded,
+    Event,
+    Failed,
+    Finished,
+    Ready,
+    Resumed,
+    Sampled,
+    Saved,
+    Started,
+    Step,
+    StoppedOnRequest,
+    parse_event,
+)
+from engine.run_folder import RunState
+
 # Reports kept for the moving average (each is a batch of step events written at one time).
 SPEED_WINDOW = 10
 # TensorBoard's default smoothing weight.
 SMOOTHING = 0.6
 LOG_LINES = 200
 
-RUNNING_STATES = ("starting", "loading", "training")
 # The engine's precision values as a person reads them ("no" mixed precision is fp32).
 PRECISION_NAMES = {"no": "fp32", "fp16": "fp16 mixed precision", "bf16": "bf16 mixed precision"}
 
@@ -56,7 +73,7 @@ def smooth(values: list[float], weight: float = SMOOTHING) -> list[float]:
 @dataclass
 class RunView:
     run_folder: Path
-    state: str = "starting"  # starting | loading | training | finished | failed | interrupted
+    state: RunState = RunState.STARTING  # starting, loading, training; then how it ended
     total_steps: int = 0
     epochs: int = 0
     steps_per_epoch: int = 0
@@ -72,7 +89,7 @@ class RunView:
     saved: list[Path] = field(default_factory=list)
     samples: SamplesShown | None = None
     log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
-    final: dict[str, Any] | None = None
+    final: Finished | Failed | StoppedOnRequest | None = None  # how the run ended
     attempts: list[Attempt] = field(default_factory=list)
     # (time, step) of the last reports of this attempt, for the moving average.
     reports: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=SPEED_WINDOW + 1))
@@ -81,86 +98,88 @@ class RunView:
 
     # ------------------------------------------------------------------------------ folding
 
-    def apply(self, event: dict[str, Any]) -> None:
-        kind = event.get("kind")
-        when = float(event.get("time", 0.0))
+    def apply(self, data: dict[str, Any]) -> None:
+        """Fold in one event, given as its JSON object (a kind this version does not know counts as
+        seen and changes nothing)."""
         self.events_seen += 1
-        if kind == "started":
-            self.attempts.append(Attempt(when, when))
-            self.state, self.final = "loading", None
-            self.total_steps = event.get("total_steps", self.total_steps)
-            self.epochs = event.get("epochs", self.epochs)
-            self.steps_per_epoch = event.get("steps_per_epoch", self.steps_per_epoch)
-            self.pid = event.get("pid")
+        event = parse_event(data)
+        if event is None:
+            return
+        if isinstance(event, Started):
+            self.attempts.append(Attempt(event.time, event.time))
+            self.state, self.final = RunState.LOADING, None
+            self.total_steps = event.total_steps or self.total_steps
+            self.epochs = event.epochs or self.epochs
+            self.steps_per_epoch = event.steps_per_epoch or self.steps_per_epoch
+            self.pid = event.pid
             self.reports.clear()
         elif self.attempts:
-            self.attempts[-1].last = when
-        handler = getattr(self, f"_on_{kind}", None)
+            self.attempts[-1].last = event.time
+        handler = getattr(self, f"_on_{event.kind}", None)
         if handler is not None:
-            handler(event, when)
+            handler(event)
         text = describe(event, self.show_path)
         if text:
             self.log.extend(text.splitlines())
 
-    def _on_ready(self, event: dict, when: float) -> None:
-        self.state = "training"
-        self.device, self.precision = event.get("device", ""), event.get("precision", "")
-        self.total_steps = event.get("total_steps", self.total_steps)
-        self.reports.append((when, self.step))  # the clock starts when the model is ready
+    def _on_ready(self, event: Ready) -> None:
+        self.state = RunState.TRAINING
+        self.device, self.precision = event.device, event.precision
+        self.total_steps = event.total_steps or self.total_steps
+        self.reports.append((event.time, self.step))  # the clock starts when the model is ready
 
-    def _on_step(self, event: dict, when: float) -> None:
-        self.state = "training"
-        self.step, self.epoch = event["step"], event.get("epoch", self.epoch)
-        self.total_steps = event.get("total_steps", self.total_steps)
-        self.loss, self.lr = event.get("loss"), event.get("lr")
+    def _on_step(self, event: Step) -> None:
+        self.state = RunState.TRAINING
+        self.step, self.epoch = event.step, event.epoch or self.epoch
+        self.total_steps = event.total_steps or self.total_steps
+        self.loss, self.lr = event.loss, event.lr
         if self.loss is not None:
             self.losses.append((self.step, float(self.loss)))
-        if self.reports and self.reports[-1][0] == when:
-            self.reports[-1] = (when, self.step)  # the same batch of reports
+        if self.reports and self.reports[-1][0] == event.time:
+            self.reports[-1] = (event.time, self.step)  # the same batch of reports
         else:
-            self.reports.append((when, self.step))
+            self.reports.append((event.time, self.step))
 
-    def _on_epoch(self, event: dict, when: float) -> None:
-        self.epoch = event.get("epoch", self.epoch)
+    def _on_epoch(self, event: EpochEnded) -> None:
+        self.epoch = event.epoch or self.epoch
 
-    def _on_resumed(self, event: dict, when: float) -> None:
+    def _on_resumed(self, event: Resumed) -> None:
         # Steps after a resume replace those written after the checkpoint it resumed from.
-        self.step = event["step"]
+        self.step = event.step
         self.losses = [(step, loss) for step, loss in self.losses if step <= self.step]
         self.reports.clear()
 
-    def _on_checkpoint(self, event: dict, when: float) -> None:
-        self.checkpoints.append((event["step"], Path(event["path"])))
+    def _on_checkpoint(self, event: Checkpointed) -> None:
+        self.checkpoints.append((event.step, Path(event.path)))
 
-    def _on_saved(self, event: dict, when: float) -> None:
-        self.saved.append(Path(event["path"]))
+    def _on_saved(self, event: Saved) -> None:
+        self.saved.append(Path(event.path))
 
-    def _on_sample(self, event: dict, when: float) -> None:
-        prompts = list(event.get("prompts") or [])
-        paths = [Path(p) for p in event.get("paths") or []]
-        prompts += [""] * (len(paths) - len(prompts))
-        self.samples = SamplesShown(event.get("step", self.step), list(zip(paths, prompts, strict=False)))
+    def _on_sample(self, event: Sampled) -> None:
+        paths = [Path(p) for p in event.paths]
+        prompts = list(event.prompts) + [""] * (len(paths) - len(event.prompts))
+        self.samples = SamplesShown(event.step, list(zip(paths, prompts, strict=False)))
 
-    def _on_finished(self, event: dict, when: float) -> None:
-        self.state, self.final = "finished", event
-        self.step = event.get("steps", self.step)
+    def _on_finished(self, event: Finished) -> None:
+        self.state, self.final = RunState.FINISHED, event
+        self.step = event.steps or self.step
 
-    def _on_failed(self, event: dict, when: float) -> None:
-        self.state, self.final = "failed", event
+    def _on_failed(self, event: Failed) -> None:
+        self.state, self.final = RunState.FAILED, event
 
-    def _on_interrupted(self, event: dict, when: float) -> None:
-        self.state, self.final = "interrupted", event
+    def _on_interrupted(self, event: StoppedOnRequest) -> None:
+        self.state, self.final = RunState.INTERRUPTED, event
 
     def stopped_unexpectedly(self) -> None:
         """The engine is gone without a last word (SIGKILL, power cut): the run can be resumed."""
-        if self.state in RUNNING_STATES:
-            self.state = "stopped unexpectedly"
+        if self.state.live:
+            self.state = RunState.STOPPED_UNEXPECTEDLY
 
     # ------------------------------------------------------------------------------ reading
 
     @property
     def running(self) -> bool:
-        return self.state in RUNNING_STATES
+        return self.state.live
 
     @property
     def fraction(self) -> float:
@@ -198,38 +217,39 @@ class RunView:
 
     @property
     def lora_file(self) -> Path | None:
-        if self.final and self.final.get("kind") == "finished":
-            return Path(self.final["lora"])
+        if isinstance(self.final, Finished):
+            return Path(self.final.lora)
         return None
 
 
-def describe(event: dict[str, Any], show_path: Callable[[str], str] = str) -> str | None:
+def describe(event: Event | dict[str, Any] | None, show_path: Callable[[str], str] = str) -> str | None:
     """One plain line for an event (`attach` prints these; the dashboard's log shows them)."""
-    kind = event.get("kind")
-    if kind == "started":
-        return f"started: {event.get('total_steps')} steps, {event.get('epochs')} epochs"
-    if kind == "ready":
-        notes = [f"note: {note}" for note in event.get("notes") or []]
-        precision = PRECISION_NAMES.get(event.get("precision"), event.get("precision"))
-        return "\n".join([f"training on {event.get('device')} in {precision}", *notes])
-    if kind == "step":
-        return f"step {event['step']}/{event.get('total_steps')}  epoch {event.get('epoch')}  loss {event.get('loss', 0):.4f}  lr {event.get('lr', 0):.2e}"
-    if kind == "epoch":
-        return f"epoch {event.get('epoch')}/{event.get('epochs')} done"
-    if kind in ("checkpoint", "saved"):
-        return f"{kind}: {show_path(event.get('path', ''))}"
-    if kind == "checkpoint_skipped":
-        return f"checkpoint skipped: {show_path(event.get('path', ''))} ({event.get('reason')})"
-    if kind == "sample":
-        return f"samples at step {event.get('step')}: {len(event.get('paths') or [])} images"
-    if kind == "resumed":
-        return f"resumed from step {event.get('step')}"
-    if kind == "finished":
-        return f"finished: {show_path(event.get('lora', ''))}"
-    if kind == "failed":
-        return f"failed: {event.get('message')}\n  remedy: {event.get('remedy', '')}"
-    if kind == "interrupted":
-        return f"interrupted at step {event.get('step')} ({event.get('reason')})"
+    if isinstance(event, dict):
+        event = parse_event(event)
+    if isinstance(event, Started):
+        return f"started: {event.total_steps} steps, {event.epochs} epochs"
+    if isinstance(event, Ready):
+        notes = [f"note: {note}" for note in event.notes]
+        precision = PRECISION_NAMES.get(event.precision, event.precision)
+        return "\n".join([f"training on {event.device} in {precision}", *notes])
+    if isinstance(event, Step):
+        return f"step {event.step}/{event.total_steps}  epoch {event.epoch}  loss {event.loss or 0:.4f}  lr {event.lr or 0:.2e}"
+    if isinstance(event, EpochEnded):
+        return f"epoch {event.epoch}/{event.epochs} done"
+    if isinstance(event, Checkpointed | Saved):
+        return f"{event.kind}: {show_path(event.path)}"
+    if isinstance(event, CheckpointSkipped):
+        return f"checkpoint skipped: {show_path(event.path)} ({event.reason})"
+    if isinstance(event, Sampled):
+        return f"samples at step {event.step}: {len(event.paths)} images"
+    if isinstance(event, Resumed):
+        return f"resumed from step {event.step}"
+    if isinstance(event, Finished):
+        return f"finished: {show_path(event.lora)}"
+    if isinstance(event, Failed):
+        return f"failed: {event.message}\n  remedy: {event.remedy}"
+    if isinstance(event, StoppedOnRequest):
+        return f"interrupted at step {event.step} ({event.reason})"
     return None
 
 

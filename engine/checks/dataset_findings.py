@@ -9,14 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from engine.checks.dataset_walk import Problem, ScannedConcept
+from engine.dataset import REG_IMAGES_PER_TRAINING_IMAGE
 from engine.messages import Message
 
 # The seed article: at least ~20 images of the subject alone, in varied poses and backgrounds.
 MIN_IMAGES = 20
 # Wider or taller than this is cropped to a sliver of the subject (or, with buckets, a thin bucket).
 MAX_ASPECT_RATIO = 3.0
-# The seed article: about 5x as many regularization images as training images.
-REG_IMAGES_PER_TRAINING_IMAGE = 5
 
 
 def image_problems(scanned: list[ScannedConcept], resolution: int) -> Iterator[Problem]:

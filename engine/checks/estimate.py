@@ -45,6 +45,7 @@ from engine.checks.costs import (
     GiB,
     GpuSpeed,
 )
+from engine.config import effective_batch
 from engine.parking import parked_parts
 
 
@@ -98,9 +99,7 @@ class TrainingSetup:
 
     @property
     def effective_batch(self) -> int:
-        """Images per optimizer step: batch size x processes x gradient accumulation (kohya's
-        total batch size)."""
-        return self.batch_size * self.processes * self.gradient_accumulation
+        return effective_batch(self.batch_size, self.processes, self.gradient_accumulation)
 
     @property
     def pixels_scale(self) -> float:

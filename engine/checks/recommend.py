@@ -11,6 +11,7 @@ from engine.checks.costs import GiB
 from engine.checks.defaults import family_defaults, trains_text_encoder_by_default
 from engine.checks.environment import OPTIMIZER_PACKAGES, GpuFacts, MachineFacts, gib, version_tuple
 from engine.checks.estimate import ComputeDevice, TrainingSetup, parking_note, ram_needed_to_load, vram_needed
+from engine.config import effective_batch
 
 # The seed article: batch size 1 when the card has less than 10 GB. Cards sold as 8 GB report
 # 8 GiB and 10 GB cards report 10 GiB, hence the line between them.
@@ -46,8 +47,7 @@ class Recommendations:
 
     @property
     def effective_batch(self) -> int:
-        """Images per optimizer step: batch size x processes x gradient accumulation."""
-        return self.batch_size * self.processes * self.gradient_accumulation
+        return effective_batch(self.batch_size, self.processes, self.gradient_accumulation)
 
     @property
     def half_precision_frozen_weights(self) -> bool:

@@ -61,7 +61,7 @@ class DetachedRuns:
     def stop_all(self, timeout: float = 60.0) -> None:
         """Ask every engine still running to stop (as `lora-wizard stop` does), then kill any
         that does not let go of its run lock in time."""
-        from engine.runs import engine_running, request
+        from engine.run_folder import engine_running, request
 
         running = [folder for folder in self.folders if engine_running(folder)]
         for folder in running:

@@ -20,7 +20,7 @@ import pytest
 from engine.config import save_answers
 from engine.demo import create_demo, demo_answers
 from engine.events import read_events
-from engine.runs import engine_running
+from engine.run_folder import engine_running
 
 from .terminals import console_script, process_gone, shell_line, wait_until
 

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from engine.events import read_events
-from engine.runs import engine_running
+from engine.run_folder import engine_running
 from tests.conftest import write_answers
 
 from .terminals import console_script, process_gone, shell_line, wait_until

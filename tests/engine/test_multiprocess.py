@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from engine.checkpoint import newest_valid_checkpoint
 from engine.events import FINAL_KINDS, read_events
-from engine.runs import engine_running, request, run_status
+from engine.run_folder import engine_running, request, run_status
 from tests.conftest import write_answers
 
 LORA_WIZARD = shutil.which("lora-wizard")

@@ -113,7 +113,7 @@ sys.exit(main(["run", sys.argv[1]]))
 
 def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, tiny_model_dir, tiny_dataset, uninterrupted):
     from engine.config import load_answers
-    from engine.runs import create_run_folder
+    from engine.run_folder import create_run_folder
 
     answers = write_answers(tmp_path, tiny_model_dir, *tiny_dataset, **RUN_SETTINGS)
     run_dir = create_run_folder(load_answers(answers))
@@ -164,7 +164,7 @@ def test_sigint_checkpoints_at_that_step_and_resume_continues(tmp_path, tiny_mod
 
 
 def test_requests_left_for_an_ended_engine_do_not_stop_the_resumed_run(tmp_path, tiny_model_dir, tiny_dataset, uninterrupted):
-    from engine.runs import request
+    from engine.run_folder import request
 
     answers = write_answers(tmp_path, tiny_model_dir, *tiny_dataset, **RUN_SETTINGS)
     run_dir = tmp_path / "output" / "tiny.run"
@@ -182,7 +182,7 @@ def test_requests_left_for_an_ended_engine_do_not_stop_the_resumed_run(tmp_path,
 
 
 def test_a_request_made_once_the_engine_holds_the_lock_is_kept(tmp_path):
-    from engine.runs import RunControls, RunLock, request
+    from engine.run_folder import RunControls, RunLock, request
 
     request(tmp_path, "stop")  # for an engine that has ended
     time.sleep(0.05)  # file times may tick every few milliseconds

@@ -548,7 +548,8 @@ def test_samples_from_the_live_model_match_its_saved_lora(sdxl_dir, sdxl_lora_di
 
 def test_nan_latents_fail_the_run(sdxl_dir, mixed_dataset, tmp_path):
     """A VAE that gives NaN (SDXL's does in fp16) stops the run before any step, recorded as failed."""
-    from engine.runs import create_run_folder, execute_run
+    from engine.launch import execute_run
+    from engine.run_folder import create_run_folder
 
     broken = copy_with_nan_vae(sdxl_dir, tmp_path / "broken")
     train_dir, _ = mixed_dataset

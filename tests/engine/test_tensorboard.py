@@ -11,7 +11,7 @@ from engine.config import load_answers
 from engine.errors import UserError
 from engine.events import EventLog
 from engine.plan import prepare_plan
-from engine.runs import create_run_folder
+from engine.run_folder import create_run_folder
 from engine.train import train
 from tests.conftest import write_answers
 

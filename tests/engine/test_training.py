@@ -9,9 +9,10 @@ from engine.checkpoint import Position, checkpoint_dirs, read_checkpoint
 from engine.config import load_answers
 from engine.errors import UserError
 from engine.events import EventLog, read_events
+from engine.launch import execute_run
 from engine.optim import resolve_precision
 from engine.plan import plan_training
-from engine.runs import create_run_folder, execute_run, run_status
+from engine.run_folder import create_run_folder, run_status
 from engine.train import Trainer, train
 from tests.conftest import write_answers
 

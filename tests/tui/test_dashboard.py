@@ -1,7 +1,7 @@
 """The training dashboard fed a recorded event stream (tests/tui/dashboard_support.py): every
 panel's content, the ETA arithmetic, the keys, the finish and failure screens.
 
-"Running" is real: the test holds the run's engine lock (engine/runs.py RunLock), as an engine
+"Running" is real: the test holds the run's engine lock (engine/run_folder.py RunLock), as an engine
 does, so the dashboard follows the stream until the lock is let go.
 """
 
@@ -23,7 +23,7 @@ from dashboard_support import (
 )
 from wizard_support import anyio_backend, screen_text, shown, simulated_facts  # noqa: F401
 
-from engine.runs import RunLock
+from engine.run_folder import RunLock
 from tui_lora.finish import copy_lora, finished_lora, lora_folder_in
 from tui_lora.run_view import RunView, format_duration, smooth
 

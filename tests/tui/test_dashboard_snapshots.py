@@ -13,7 +13,7 @@ import pytest
 from dashboard_support import FixedMonitor, events_until, recorded_run
 from wizard_support import simulated_facts
 
-from engine.runs import RunLock
+from engine.run_folder import RunLock
 
 pytestmark = pytest.mark.usefixtures("english_locale")
 SIZES = [(80, 24), (120, 40)]

@@ -54,7 +54,7 @@ def test_every_message_id_in_the_code_exists():
 
 def test_composed_message_ids_exist():
     """Ids the code builds from data: steps, run states, fields, choices, themes."""
-    from engine.runs import RunStatus  # noqa: F401  (the states below are run_status's)
+    from engine.run_folder import RunStatus  # noqa: F401  (the states below are run_status's)
 
     ids = [f"step.{step}" for step in STEPS]
     ids += [f"state.{state.replace(' ', '_')}" for state in ("running", "finished", "failed", "interrupted", "stopped unexpectedly", "not started")]

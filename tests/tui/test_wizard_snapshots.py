@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("english_locale")  # tests/conftest.py, as 
 
 def interrupted_run(workspace: Path, demo: Path) -> None:
     """`output/usu_bear.run`, interrupted at step 4 of 10 (events written by the engine's log)."""
-    from engine.runs import create_run_folder
+    from engine.run_folder import create_run_folder
 
     answers = load_answers(demo / "answers.toml").model_copy(deep=True)
     answers.output.dir = workspace / "output"

@@ -194,7 +194,7 @@ async def test_draft_reopens_on_the_same_screen_with_the_same_answers(demo, work
 
 def write_run(output: Path, demo: Path, kind: str) -> Path:
     """A run folder as the engine leaves it after `kind` (its events written by the engine's log)."""
-    from engine.runs import create_run_folder
+    from engine.run_folder import create_run_folder
 
     answers = load_answers(demo / "answers.toml").model_copy(deep=True)
     answers.output.dir = output

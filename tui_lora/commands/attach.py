@@ -14,8 +14,6 @@ from pathlib import Path
 from engine.errors import UserError
 from tui_lora.follow_up import AppExit
 
-EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130, "stopped unexpectedly": 1}
-
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("attach", help="follow a running or finished run")
@@ -39,15 +37,14 @@ def run(args: argparse.Namespace) -> int | AppExit:
 def dashboard_exit_status(folder: Path) -> int:
     """The run's exit status once the dashboard has closed, as plain `attach` gives it; a run left
     training in the background is no failure."""
-    from engine.runs import run_status
+    from engine.run_folder import run_status
 
-    state = run_status(folder).state
-    return 0 if state == "running" else EXIT_CODES.get(state, 1)
+    return run_status(folder).exit_code
 
 
 def follow_plain(folder: Path) -> int:
     from engine.events import follow_events
-    from engine.runs import engine_running, run_status
+    from engine.run_folder import RunState, engine_running, run_status
     from tui_lora.run_view import describe
 
     for event in follow_events(folder / "events.jsonl", keep_going=lambda: engine_running(folder)):
@@ -55,8 +52,8 @@ def follow_plain(folder: Path) -> int:
         if line:
             print(line, flush=True)
     status = run_status(folder)
-    if status.state == "stopped unexpectedly":
+    if status.state == RunState.STOPPED_UNEXPECTEDLY:
         print(f"the engine stopped unexpectedly at step {status.step}", flush=True)
-    if status.state in ("failed", "stopped unexpectedly", "interrupted"):
+    if status.state.resumable:
         print(f"resume with: lora-wizard resume {folder}", file=sys.stderr)
-    return EXIT_CODES.get(status.state, 1)
+    return status.exit_code

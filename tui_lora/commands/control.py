@@ -21,7 +21,7 @@ def register(subparsers) -> None:
 
 
 def send(args: argparse.Namespace, what: str) -> int:
-    from engine.runs import engine_running, request
+    from engine.run_folder import engine_running, request
 
     folder = args.run_dir
     if not (folder / "answers.toml").is_file():

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int | AppExit:
     answers_path = create_demo(args.folder or Path(default), sdxl=args.sdxl, flux=args.flux)
     if args.headless:
         from engine.plan import prepare_plan
-        from engine.runs import create_run_folder
+        from engine.run_folder import create_run_folder
         from tui_lora.commands.train import run_here
 
         plan = prepare_plan(load_answers(answers_path))

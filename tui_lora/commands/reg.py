@@ -92,15 +92,16 @@ def reg_settings(args: argparse.Namespace) -> RegSettings:
 
 
 def image_count(args: argparse.Namespace, settings: RegSettings) -> int:
+    from engine.dataset import REG_IMAGES_PER_TRAINING_IMAGE
     from engine.errors import UserError
-    from engine.reg_images import REG_PER_TRAINING_IMAGE, default_reg_count
+    from engine.reg_images import default_reg_count
 
     if args.count is not None:
         if args.count < 1:
             raise UserError(f"--count {args.count} must be 1 or more")
         return args.count
     if settings.train is None:
-        raise UserError("how many images?", fix=f"add --count N, or --train TRAIN_ROOT for {REG_PER_TRAINING_IMAGE} per training image")
+        raise UserError("how many images?", fix=f"add --count N, or --train TRAIN_ROOT for {REG_IMAGES_PER_TRAINING_IMAGE} per training image")
     return default_reg_count(settings.train)
 
 

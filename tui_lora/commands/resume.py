@@ -20,19 +20,19 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from engine.checkpoint import check_same_dataset, dataset_fingerprint, newest_fingerprint
     from engine.plan import prepare_plan
-    from engine.runs import load_run_answers, run_status
+    from engine.run_folder import RunState, load_run_answers, run_status
     from tui_lora.commands.train import detach, run_here
 
     folder = args.run_dir
     answers, here = processes_per_machine(args, load_run_answers(folder), frozen=True)
     status = run_status(folder)
-    if status.state == "running":
+    if status.state == RunState.RUNNING:
         raise UserError(
             "this run is already running",
             where=folder,
             fix=f"follow it with `lora-wizard attach {folder}`; stop it with `lora-wizard stop {folder}`",
         )
-    if status.state == "finished":
+    if status.state == RunState.FINISHED:
         raise UserError("this run has finished; there is nothing to resume", where=folder, fix=f"its LoRA: {answers.lora_path}")
     plan = prepare_plan(answers, for_resume=True)
     saved = newest_fingerprint(folder)

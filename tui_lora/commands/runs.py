@@ -13,7 +13,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.runs import find_runs, run_status
+    from engine.run_folder import find_runs, run_status
 
     runs = find_runs(args.folder)
     if not runs:

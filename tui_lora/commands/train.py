@@ -76,26 +76,31 @@ def print_plan(plan: TrainingPlan, file=sys.stdout) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.launch import prepare_run, spawn_detached, start_run
     from engine.plan import prepare_plan
-    from engine.runs import create_run_folder
 
     answers, here = processes_per_machine(args, load_answers(args.answers))
-    plan = prepare_plan(answers)
     if args.dry_run:
-        print_plan(plan)
+        print_plan(prepare_plan(answers))
         print("Dry run: nothing was trained or written.")
         return 0
-    folder = create_run_folder(plan.answers)
-    if args.detach:
-        return detach(folder, plan, launcher=launcher_args(args), here=here)
-    return run_here(plan, folder, launcher=launcher_args(args), here=here)
+    launcher = launcher_args(args)
+    if args.detach:  # the wizard's Start does the same (engine.launch.start_run)
+        folder, pid = start_run(answers, spawn=lambda folder: spawn_detached(folder, processes=here, launcher_args=launcher))
+        return announce_detached(folder, pid)
+    plan, folder = prepare_run(answers)
+    return run_here(plan, folder, launcher=launcher, here=here)
 
 
 def detach(folder: Path, plan: TrainingPlan, *, resume: bool = False, launcher: list[str] | None = None, here: int | None = None) -> int:
     """`here`: the processes to start on this machine (default: all the run's)."""
-    from engine.runs import spawn_detached
+    from engine.launch import spawn_detached
 
     pid = spawn_detached(folder, resume=resume, processes=here or plan.answers.training.processes, launcher_args=launcher)
+    return announce_detached(folder, pid)
+
+
+def announce_detached(folder: Path, pid: int) -> int:
     print(folder)
     print(f"engine running in the background (pid {pid}); follow it with: lora-wizard attach {folder}", file=sys.stderr)
     return 0
@@ -116,7 +121,8 @@ def run_here(plan: TrainingPlan, folder: Path, *, resume: bool = False, launcher
 
 
 def train_with(plan: TrainingPlan, folder: Path, listener, *, resume: bool, launcher: list[str] | None, here: int | None = None) -> int:
-    from engine.runs import RunLock, execute_run, run_launched
+    from engine.launch import execute_run, run_launched
+    from engine.run_folder import RunLock
 
     processes = here or plan.answers.training.processes
     if processes > 1 or launcher:

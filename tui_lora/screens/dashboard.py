@@ -1,6 +1,6 @@
 """The training dashboard: a run followed live from its event stream.
 
-The engine runs as its own process (engine/runs.py); this screen only reads. A thread worker
+The engine runs as its own process (engine/launch.py); this screen only reads. A thread worker
 follows `events.jsonl` into a queue; a timer folds what has arrived into the `RunView` and
 redraws the panels a few times a second, so a flood of events (attaching to a long run) costs
 one redraw. Another worker reads the GPUs and the CPU (the app reads them itself, so attaching
@@ -93,7 +93,7 @@ class DashboardScreen(WizardNode, Screen):
     def follow_run(self) -> None:
         """Every event of the run, then new ones while the engine holds the run's lock."""
         from engine.events import follow_events
-        from engine.runs import engine_running
+        from engine.run_folder import engine_running
 
         worker = get_current_worker()
         path = self.run_folder / "events.jsonl"
@@ -163,7 +163,7 @@ class DashboardScreen(WizardNode, Screen):
 
     def action_checkpoint(self) -> None:
         if self._engine_is_running():
-            from engine.runs import request
+            from engine.run_folder import request
 
             request(self.run_folder, "checkpoint")
             self.notify(t("dashboard.checkpoint_requested"))
@@ -174,7 +174,7 @@ class DashboardScreen(WizardNode, Screen):
 
         def answered(stop: bool | None) -> None:
             if stop:
-                from engine.runs import request
+                from engine.run_folder import request
 
                 request(self.run_folder, "stop")
                 self.notify(t("dashboard.stop_requested"))
@@ -185,7 +185,7 @@ class DashboardScreen(WizardNode, Screen):
         self.wizard.leave_dashboard(self.run_folder, still_running=self.view.running)
 
     def _engine_is_running(self) -> bool:
-        from engine.runs import engine_running
+        from engine.run_folder import engine_running
 
         if self.view.running and engine_running(self.run_folder):
             return True

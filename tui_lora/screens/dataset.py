@@ -20,6 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, Input, RadioButton, RadioSet, Static
 
+from engine.dataset import REG_IMAGES_PER_TRAINING_IMAGE
 from tui_lora.i18n import counted, engine_text, t
 from tui_lora.screens.base import WizardScreen
 from tui_lora.widgets.captions_section import CaptionsSection
@@ -30,8 +31,6 @@ from tui_lora.widgets.settled_check import SettledCheck
 from tui_lora.widgets.status_rows import StatusRow, shown_path
 
 MODES = ("existing", "prepare")
-# The seed article: about 5 regularization images per training image.
-REG_IMAGES_PER_TRAINING_IMAGE = 5
 SETTLE_SECONDS = 0.4
 # Problems listed on the screen at most; `lora-wizard dataset check --json` lists every one.
 MAX_PROBLEMS_SHOWN = 30

@@ -16,20 +16,19 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Static
 
+from engine.run_folder import RunState
 from tui_lora.host import WizardNode
 from tui_lora.i18n import t
 from tui_lora.widgets.bindings import translate_bindings
 from tui_lora.widgets.status_rows import shown_path
 from tui_lora.widgets.step_bar import StepBar
 
-RESUMABLE = {"interrupted", "failed", "stopped unexpectedly"}
 
-
-def list_runs(folders: list[str]) -> list[tuple[Path, str, str]]:
+def list_runs(folders: list[str]) -> list[tuple[Path, RunState, str]]:
     """(run folder, state, progress) of every run under `folders`, newest first."""
-    from engine.runs import find_runs, run_status
+    from engine.run_folder import find_runs, run_status
 
-    runs: dict[Path, tuple[str, str]] = {}
+    runs: dict[Path, tuple[RunState, str]] = {}
     for folder in folders:
         for run in find_runs(Path(folder)):
             status = run_status(run)
@@ -81,7 +80,7 @@ class HomeScreen(WizardNode, Screen):
         table = self.query_one(DataTable)
         table.clear()
         for run, state, progress in runs:
-            table.add_row(t("state." + state.replace(" ", "_")), progress, shown_path(run), key=str(run))
+            table.add_row(t("state." + state.key), progress, shown_path(run), key=str(run))
         note = self.query_one("#runs-note", Static)
         if runs:
             note.update(t("home.runs_help"))
@@ -124,8 +123,8 @@ class HomeScreen(WizardNode, Screen):
         if not selected:
             return
         run, state, _ = selected
-        if state not in RESUMABLE:
-            self.notify(t("home.not_resumable", state=t("state." + state.replace(" ", "_"))), severity="warning")
+        if not state.resumable:
+            self.notify(t("home.not_resumable", state=t("state." + state.key)), severity="warning")
             return
         self.wizard.leave_for([["resume", str(run), "--detach"], ["attach", str(run)]])
 

@@ -26,6 +26,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.widgets import Checkbox, Input, Select, Static
 
+from engine.config import effective_batch
 from tui_lora.fields import PARAMETER_GROUPS, FieldSpec, accept, shown_value
 from tui_lora.i18n import has_message, t
 from tui_lora.screens.base import WizardScreen
@@ -240,7 +241,7 @@ class ParametersScreen(WizardScreen):
         batch, processes = self.draft.get("training.batch_size", 1), self.draft.get("training.processes", 1)
         accumulation = self.draft.get("training.gradient_accumulation", 1)
         row.show_help(
-            t("field.training.processes.help_effective", batch_size=batch, processes=processes, accumulation=accumulation, effective=batch * processes * accumulation)
+            t("field.training.processes.help_effective", batch_size=batch, processes=processes, accumulation=accumulation, effective=effective_batch(batch, processes, accumulation))
         )
 
     def show_recommendations(self, rec) -> None:

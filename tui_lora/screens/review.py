@@ -188,12 +188,10 @@ class ReviewScreen(WizardScreen):
 
     @work(thread=True, exclusive=True, group="review-start", exit_on_error=False)
     def start_run(self, answers) -> Path:
-        from engine.plan import prepare_plan
-        from engine.runs import create_run_folder
+        from engine.launch import start_run
 
-        plan = prepare_plan(answers)  # the model files and every image, before any GPU time
-        folder = create_run_folder(plan.answers)
-        self.wizard.launch(folder)
+        # The model files and every image are checked before any GPU time (as `train --detach`).
+        folder, _ = start_run(answers, spawn=self.wizard.launch)
         return folder
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:

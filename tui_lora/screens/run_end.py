@@ -14,6 +14,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from engine.events import Failed, StoppedOnRequest
+from engine.run_folder import RunState
 from tui_lora.finish import FinishedLora, format_size
 from tui_lora.host import WizardNode
 from tui_lora.i18n import counted, t
@@ -162,17 +164,17 @@ class FailureScreen(WizardNode, Screen):
         self.view = view
 
     def compose(self) -> ComposeResult:
-        view, final = self.view, self.view.final or {}
-        state = view.state if view.events_seen else "not started"
-        yield Static(step_bar_text(None, t("failure.title." + state.replace(" ", "_"), name=self.run_folder.name.removesuffix(".run"))),
+        view, final = self.view, self.view.final
+        state = view.state if view.events_seen else RunState.NOT_STARTED
+        yield Static(step_bar_text(None, t("failure.title." + state.key, name=self.run_folder.name.removesuffix(".run"))),
                      id="step-bar")
         with VerticalScroll(id="body"):
             yield Static(t("failure.at", step=view.step, total=view.total_steps or "?"), classes="heading", markup=False)
-            message = final.get("message") or (
-                t("failure.interrupted", reason=final.get("reason", "")) if state == "interrupted" else t("failure.message." + state.replace(" ", "_"))
+            message = (final.message if isinstance(final, Failed) else "") or (
+                t("failure.interrupted", reason=final.reason) if isinstance(final, StoppedOnRequest) else t("failure.message." + state.key)
             )
-            yield Static(Text(message), id="failure-message", classes="fail" if state != "interrupted" else "")
-            remedy = final.get("remedy") or self.default_remedy(state)
+            yield Static(Text(message), id="failure-message", classes="fail" if state != RunState.INTERRUPTED else "")
+            remedy = (final.remedy if isinstance(final, Failed) else "") or self.default_remedy(state)
             if remedy:
                 yield Static(t("failure.remedy"), classes="heading", markup=False)
                 yield Static(Text(remedy), id="failure-remedy")
@@ -189,10 +191,10 @@ class FailureScreen(WizardNode, Screen):
     def on_mount(self) -> None:
         self.query_one("#body").focus()
 
-    def default_remedy(self, state: str) -> str:
-        if state == "not started":
+    def default_remedy(self, state: RunState) -> str:
+        if state == RunState.NOT_STARTED:
             return t("failure.remedy_not_started", path=str(self.run_folder / "engine.log"))
-        if state == "stopped unexpectedly":
+        if state == RunState.STOPPED_UNEXPECTEDLY:
             return t("failure.remedy_unexpected", path=str(self.run_folder / "engine.log"))
         return ""
 

@@ -35,6 +35,6 @@ class ProgressPanel(Static):
         bar = Table.grid(expand=True)
         bar.add_column(ratio=1)
         bar.add_column(width=14, justify="right")
-        state = t("dashboard.state." + view.state.replace(" ", "_"))
+        state = t("dashboard.state." + view.state.key)
         bar.add_row(ProgressBar(total=1.0, completed=view.fraction), Text(f" {view.fraction:4.0%} {state}", no_wrap=True))
         self.update(Group(bar, progress_numbers(view, now)))
