@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.dataset import DatasetPlan
+from engine.dataset import DatasetPlan, dataset_name
 from engine.errors import UserError
 from engine.files import atomic_write_bytes, fsync_dir
 
@@ -42,7 +42,7 @@ def dataset_fingerprint(plan: DatasetPlan) -> dict[str, Any]:
     for concept in (*plan.concepts, *plan.reg_concepts):
         for example in concept.examples:
             stat = example.path.stat()
-            key = f"{'reg' if concept.is_reg else 'train'}/{concept.folder.name}/{example.path.name}"
+            key = dataset_name(concept, example)
             files[key] = [stat.st_size, stat.st_mtime_ns, example.caption, concept.repeats]
     return {"files": files, "reg_counts": list(plan.reg_counts)}
 

@@ -54,6 +54,11 @@ class Concept:
     is_reg: bool
 
 
+def dataset_name(concept: Concept, example: Example) -> str:
+    """An image's name relative to its training or regularization root, with which of the two."""
+    return f"{'reg' if concept.is_reg else 'train'}/{concept.folder.name}/{example.path.name}"
+
+
 def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 
@@ -143,6 +148,12 @@ class DatasetPlan:
     concepts: tuple[Concept, ...]
     reg_concepts: tuple[Concept, ...]
     reg_counts: tuple[int, ...]  # how often each regularization image appears per epoch
+
+    def image_names(self) -> dict[Path, str]:
+        """Each image's name within its dataset (`train/10_usu bear/01.png`, `reg/1_bear/01.png`):
+        what the randomness of its latent is keyed by, so that a moved or copied dataset trains the
+        same LoRA."""
+        return {e.path: dataset_name(c, e) for c in (*self.concepts, *self.reg_concepts) for e in c.examples}
 
     @property
     def train_examples(self) -> list[Example]:

@@ -2,7 +2,9 @@
 
 Encoding an image with the VAE costs more than a LoRA step of the UNet, so the latents of each
 unique image are computed once. The cached latent is the mean of the VAE's distribution, or a
-sample seeded by the run's seed and the image's path (kohya and diffusers sample).
+sample seeded by the run's seed and the image's name in its dataset (its path under the training
+or regularization root: a moved or copied dataset gets the same latents), as kohya and diffusers
+sample.
 
 Without a cache (`cache_latents = "off"`) the latents are encoded at each use and stay on the
 device, unchecked until the loop reads its losses back (checking each one would make the CPU wait
@@ -69,8 +71,10 @@ class LatentCache:
     `vae_in_use` is a context in which the VAE is on its device (it may wait in host memory once
     every latent is cached: engine/devices.py); `feed` hands over images decoded ahead of time."""
 
-    def __init__(self, model: LoadedModel, *, mode: str, seed: int, keep: bool = True, folder: Path | None = None):
+    def __init__(self, model: LoadedModel, *, mode: str, seed: int, names: dict[Path, str], keep: bool = True,
+                 folder: Path | None = None):
         self.model = model
+        self.names = names  # each image's name in its dataset (DatasetPlan.image_names): seeds its latent
         self.keep = keep
         self.mode = mode
         self.seed = seed
@@ -100,7 +104,9 @@ class LatentCache:
     def _disk_key(self, path: Path, size: Size, flip: bool) -> str:
         stat = path.stat()
         seed_part = self.seed if self.mode == "sample" else ""
-        text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{size}|{flip}|{self.mode}|{seed_part}|{self.vae_fingerprint()}"
+        # The name seeds a sampled latent: part of the key (older caches, seeded by the absolute path, miss).
+        name = self.names[path]
+        text = f"{path.resolve()}|{name}|{stat.st_size}|{stat.st_mtime_ns}|{size}|{flip}|{self.mode}|{seed_part}|{self.vae_fingerprint()}"
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
     def _disk_path(self, key: LatentKey) -> Path:
@@ -111,7 +117,8 @@ class LatentCache:
         key = (path, size, flip)
         fed = self.feed.take(key) if self.feed is not None else None
         pixels = fed if fed is not None else image_tensor(path, size, flip=flip)
-        sample_generator = generator(self.seed, "latent", path.resolve(), size, flip)
+        # Keyed by the image's name in its dataset, not where the dataset lives.
+        sample_generator = generator(self.seed, "latent", self.names[path], size, flip)
         with self.vae_in_use():
             latent = encode_image(self.model, pixels, mode=self.mode, sample_generator=sample_generator, on_host=self.keep)
         if not self.keep:

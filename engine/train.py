@@ -143,7 +143,8 @@ class Trainer:
         self.model.vae.to(self.device, dtype=self.weight_dtype if a.model.vae else torch.float32).requires_grad_(False).eval()
         cache_folder = a.output.dir / ".latent-cache" if a.training.cache_latents == "disk" else None
         self.latents = LatentCache(
-            self.model, mode=a.training.latents, seed=a.training.seed, keep=a.training.cache_latents != "off", folder=cache_folder
+            self.model, mode=a.training.latents, seed=a.training.seed, names=self.plan.dataset.image_names(),
+            keep=a.training.cache_latents != "off", folder=cache_folder
         )
         self.latents.vae_in_use = lambda: self.parking.in_use("vae")
         if a.training.cache_latents != "off":

@@ -151,3 +151,23 @@ def test_a_single_file_checkpoint_in_the_original_layout_loads_offline_and_train
     result = train(plan, EventLog(None, [events.append]))
     assert result.steps == 2 and result.lora_path.is_file()
     assert [e["step"] for e in events if e["kind"] == "step"] == [1, 2]
+
+
+def test_a_copied_dataset_trains_the_same_lora(tmp_path, tiny_model_dir, tiny_dataset):
+    """The randomness comes from the seed, the sample's index and the image's name in its dataset,
+    never from where the dataset lives (the sampled latents were once seeded by the absolute path)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    train_root, reg_root = tiny_dataset
+    copied = tmp_path / "elsewhere"
+    shutil.copytree(train_root, copied / "train")
+    shutil.copytree(reg_root, copied / "reg")
+    loras = []
+    for name, (train_dir, reg_dir) in {"original": tiny_dataset, "copy": (copied / "train", copied / "reg")}.items():
+        answers = load_answers(write_answers(tmp_path / name, tiny_model_dir, train_dir, reg_dir, training={"max_steps": 2, "latents": "sample"}))
+        loras.append(load_file(train(plan_training(answers), EventLog(None)).lora_path))
+    original, copy = loras
+    assert original.keys() == copy.keys()
+    assert all(torch.equal(original[k], copy[k]) for k in original)
