@@ -52,8 +52,10 @@ LIGHT = {
     "engine.errors",
     "engine.events",
     "engine.files",
+    "engine.lora_tags",
     "engine.parking",
     "engine.plan",
+    "engine.png_files",
     "engine.prompts",
     "engine.samplers",
     "engine.tagger",
@@ -88,9 +90,9 @@ TUI_DEFERRALS: dict[tuple[str, str], str] = {
     ("tui_lora.commands.resume", "engine.runs"): "`resume`: relaunches the engine",
     ("tui_lora.commands.runs", "engine.runs"): "`runs`: lists the run folders",
     ("tui_lora.commands.train", "engine.runs"): "`train`: creates the run folder and launches the engine",
-    ("tui_lora.commands.reg", "engine.sampling"): "`reg generate`: makes regularization images with the base model",
-    ("tui_lora.commands.generate", "engine.sampling"): "`generate`: makes images with the base model and LoRAs",
-    ("tui_lora.commands.base_model", "engine.sampling"): "loads the base model for `generate` and `reg generate`",
+    ("tui_lora.commands.reg", "engine.reg_images"): "`reg generate`: counts and makes regularization images with the base model",
+    ("tui_lora.commands.generate", "engine.generate"): "`generate`: makes images with the base model and LoRAs",
+    ("tui_lora.commands.base_model", "engine.image_maker"): "loads the base model for `generate` and `reg generate`",
 }
 
 
@@ -216,24 +218,28 @@ def _components(graph: dict[str, set[str]]) -> list[set[str]]:
 
 
 def light_violations(imports: list[Import]) -> list[str]:
-    return [
+    return _unique([
         f"{imp.module}:{imp.line} imports {imp.target} ({imp.where} level)"
         for imp in imports
         if imp.module in LIGHT
         and is_heavy(imp.target)
         and not (imp.where == "function" and (imp.module, imp.target) in LIGHT_DEFERRALS)
-    ]
+    ])
 
 
 def tui_violations(imports: list[Import]) -> list[str]:
-    return [
+    return _unique([
         f"{imp.module}:{imp.line} imports {imp.target} ({imp.where} level)"
         for imp in imports
         if imp.module.startswith("tui_lora")
         and imp.where != "type_checking"  # annotations only: never run
         and is_heavy(imp.target)
         and not (imp.where == "function" and (imp.module, imp.target) in TUI_DEFERRALS)
-    ]
+    ])
+
+
+def _unique(lines: list[str]) -> list[str]:
+    return list(dict.fromkeys(lines))
 
 
 def test_the_import_graph_has_no_cycles():
