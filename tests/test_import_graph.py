@@ -47,11 +47,14 @@ LIGHT = {
     "engine.checks.run_items",
     "engine.checks.tokens",
     "engine.config",
+    "engine.cpu_threads",
     "engine.dataset",
     "engine.dataset_prepare",
     "engine.errors",
     "engine.events",
     "engine.files",
+    "engine.messages",
+    "engine.network.types",
     "engine.lora_tags",
     "engine.parking",
     "engine.plan",
@@ -72,6 +75,9 @@ LIGHT_DEFERRALS: dict[tuple[str, str], str] = {
     ("engine.plan", "engine.families.sd"): "prepare_plan: the family's label and default resolution",
     ("engine.plan", "engine.families.vae"): "prepare_plan checks `[model] vae` before training loads it",
     ("engine.plan", "engine.tensorboard"): "prepare_plan checks that tensorboard is installed when asked for",
+    ("engine.plan", "engine.families.flux"): "prepare_plan checks FLUX.1's files and settings before training loads them",
+    ("engine.checks.run_items", "engine.families.flux"): "the base-model item inspects a FLUX.1 model with the answers' files",
+    ("engine.cpu_threads", "torch"): "use_threads applies the thread count to torch when training starts; the rest counts cores",
 }
 
 # (tui_lora module, engine module it imports inside a function): the heavy work that command or screen starts.
@@ -93,6 +99,9 @@ TUI_DEFERRALS: dict[tuple[str, str], str] = {
     ("tui_lora.commands.reg", "engine.reg_images"): "`reg generate`: counts and makes regularization images with the base model",
     ("tui_lora.commands.generate", "engine.generate"): "`generate`: makes images with the base model and LoRAs",
     ("tui_lora.commands.base_model", "engine.image_maker"): "loads the base model for `generate` and `reg generate`",
+    ("tui_lora.commands.base_model", "engine.families.flux"): "a FLUX.1 base model loads with the answers' ae, clip_l and t5xxl files",
+    ("tui_lora.screens.parameters", "engine.network.adapters"): "the file size of each network type, counted on the model's shape",
+    ("tui_lora.screens.parameters", "engine.network.size"): "the file size of each network type, counted on the model's shape",
 }
 
 
