@@ -390,6 +390,26 @@ def test_size_of_a_published_model():
     assert network_file_bytes("sd1", NetworkSpec(dim=8), train_text_encoder=True) == 9_437_712
 
 
+def test_the_shipped_shapes_table_is_the_published_models_count():
+    """target_shapes.json (read by the wizard without torch) equals the shapes counted on the
+    published configurations; `python -m engine.network.size` writes it anew."""
+    import json
+
+    from engine.network.size import SHAPES_TABLE, shapes_table
+
+    assert json.loads(SHAPES_TABLE.read_text(encoding="utf-8")) == shapes_table()
+
+
+def test_lokr_factorization_is_peft_s():
+    from peft.tuners.lokr.layer import factorization as peft_factorization
+
+    from engine.network.size import factorization
+
+    for dimension in (1, 2, 3, 7, 64, 127, 128, 320, 640, 768, 1280, 2048, 3072, 12288):
+        for factor in (-1, 1, 2, 4, 8, 16, 3):
+            assert factorization(dimension, factor) == peft_factorization(dimension, factor), (dimension, factor)
+
+
 # --- several processes --------------------------------------------------------------------------------
 
 
