@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import DatasetError
+from engine.messages import Message
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 CONCEPT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 EXAMPLE_FOLDER_NAME = "20_usu bear"
+REEXPORT_FIX = Message("dataset.image.decode.fix", "re-export the image or remove it")
 # The seed article: about 5x as many regularization images as training images (the check suggests
 # it, `reg generate` and the Dataset step default to it).
 REG_IMAGES_PER_TRAINING_IMAGE = 5
@@ -79,15 +81,17 @@ def read_caption(image: Path, extension: str, default: str) -> str:
     try:
         text = caption_file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise DatasetError("the caption file is not UTF-8 text", where=caption_file, fix="save it as UTF-8") from None
+        raise DatasetError(
+            Message("dataset.caption.not_utf8", "the caption file is not UTF-8 text"), where=caption_file, fix=Message("dataset.caption.not_utf8.fix", "save it as UTF-8"),
+        ) from None
     except OSError as exc:
-        raise DatasetError(f"cannot read the caption file: {exc.strerror}", where=caption_file) from None
+        raise DatasetError(Message("dataset.caption.unreadable", "cannot read the caption file: {error}", error=exc.strerror), where=caption_file) from None
     first_line = text.lstrip("\ufeff").splitlines()[0].strip() if text.strip() else ""
     if not first_line:
         raise DatasetError(
-            "the caption file is empty",
+            Message("dataset.caption.empty", "the caption file is empty"),
             where=caption_file,
-            fix="write the caption on its first line, or delete the file to use the folder's prompt",
+            fix=Message("dataset.caption.empty.fix", "write the caption on its first line, or delete the file to use the folder's prompt"),
         )
     return first_line
 
@@ -243,11 +247,17 @@ def open_image(path: Path, *, draft: tuple[int, int] | None = None) -> Image.Ima
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DatasetError("the image is too large to decode safely (decompression bomb)", where=path, fix="resize it below 89 megapixels") from None
+        raise DatasetError(
+            Message("dataset.image.bomb", "the image is too large to decode safely (decompression bomb)"), where=path,
+            fix=Message("dataset.image.bomb.fix", "resize it below 89 megapixels"),
+        ) from None
     except PermissionError as exc:
-        raise DatasetError(f"cannot read the image: {exc.strerror}", where=path, fix="give yourself read permission, or remove the file") from None
+        raise DatasetError(
+            Message("dataset.image.unreadable", "cannot read the image: {error}", error=exc.strerror), where=path,
+            fix=Message("dataset.image.unreadable.fix", "give yourself read permission, or remove the file"),
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"the image cannot be decoded ({exc})", where=path, fix="re-export the image or remove it") from None
+        raise DatasetError(Message("dataset.image.decode", "the image cannot be decoded ({error})", error=str(exc)), where=path, fix=REEXPORT_FIX) from None
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -109,7 +109,8 @@ def engine_text(text: Any) -> str:
     if template is None:
         return str(text)
     try:
-        return template.format(**text.values)
+        # A value that is itself a Message ("training", "regularization") is shown translated too.
+        return template.format(**{name: engine_text(value) if hasattr(value, "message_id") else value for name, value in text.values.items()})
     except (KeyError, IndexError, ValueError):  # a translation that does not fit: the English is right
         return str(text)
 

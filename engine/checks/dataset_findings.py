@@ -94,22 +94,26 @@ def reg_problems(train: list[ScannedConcept], reg: list[ScannedConcept], reg_dir
                 first = next(iter(train_classes.values()))
                 yield Problem(
                     "warning", "reg.class", concept.folder,
-                    f"the regularization class `{concept.prompt}` is not a training class ({names}): it keeps the wrong word's meaning",
-                    f"use images of the training class in a folder like `{concept.repeats}_{first.class_word}`, or remove this one",
+                    Message("dataset.reg.wrong_class", "the regularization class `{prompt}` is not a training class ({names}): it keeps the wrong word's meaning",
+                            prompt=concept.prompt, names=names),
+                    Message("dataset.reg.wrong_class.fix", "use images of the training class in a folder like `{folder}`, or remove this one",
+                            folder=f"{concept.repeats}_{first.class_word}"),
                 )
         for name, concept in train_classes.items():
             if name not in reg_classes:
                 yield Problem(
                     "warning", "reg.class", concept.folder,
-                    f"no regularization folder for the class `{concept.class_word}`",
-                    f"add `{reg_dir / ('1_' + concept.class_word)}` with images made by the base model from the prompt `{concept.class_word}`",
+                    Message("dataset.reg.no_class", "no regularization folder for the class `{word}`", word=concept.class_word),
+                    Message("dataset.reg.no_class.fix", "add `{folder}` with images made by the base model from the prompt `{word}`",
+                            folder=str(reg_dir / ("1_" + concept.class_word)), word=concept.class_word),
                 )
     reg_images = sum(len(c.images) for c in reg)
     if reg_images < unique_train_images:
         suggested = REG_IMAGES_PER_TRAINING_IMAGE * unique_train_images
         yield Problem(
             "warning", "reg.few_images", reg_dir,
-            f"{reg_images} regularization images for {unique_train_images} unique training images: "
-            "kohya repeats them to match, so the same few are seen over and over",
-            f"add regularization images: about {REG_IMAGES_PER_TRAINING_IMAGE}x the training images ({suggested}), as the seed article suggests",
+            Message("dataset.reg.few_images", "{count} regularization images for {unique} unique training images: kohya repeats them to match, so the same few are seen over and over",
+                    count=reg_images, unique=unique_train_images),
+            Message("dataset.reg.few_images.fix", "add regularization images: about {factor}x the training images ({suggested}), as the seed article suggests",
+                    factor=REG_IMAGES_PER_TRAINING_IMAGE, suggested=suggested),
         )

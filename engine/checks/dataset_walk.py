@@ -14,12 +14,14 @@ from typing import Literal
 from engine.dataset import (
     EXAMPLE_FOLDER_NAME,
     IMAGE_EXTENSIONS,
+    REEXPORT_FIX,
     is_image,
     open_image,
     parse_concept_name,
     read_caption,
 )
 from engine.errors import DatasetError
+from engine.messages import Message
 
 Severity = Literal["error", "warning"]
 
@@ -30,6 +32,9 @@ CAPTION_EXTENSIONS = (".txt", ".caption")
 UNSUPPORTED_IMAGE_EXTENSIONS = frozenset({".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jfif", ".psd", ".svg", ".ico"})
 # Files operating systems leave in folders; not worth a warning.
 SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
+TRAINING = Message("dataset.kind.training", "training")
+REGULARIZATION = Message("dataset.kind.regularization", "regularization")
+FOLDER_PERMISSIONS_FIX = Message("dataset.folder.permissions.fix", "check the folder's permissions")
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,7 @@ def _decode(path: Path) -> ImageFacts | DatasetError:
     except DatasetError as exc:
         return exc
     except Exception as exc:  # Pillow's plugins raise more than they document on some damaged files
-        return DatasetError(f"the image cannot be decoded ({type(exc).__name__}: {exc})", where=path, fix="re-export the image or remove it")
+        return DatasetError(Message("dataset.image.decode", "the image cannot be decoded ({error})", error=f"{type(exc).__name__}: {exc}"), where=path, fix=REEXPORT_FIX)
     with image:
         # The size goes in too: the same bytes in another shape are another picture.
         digest = hashlib.sha256(f"{image.width}x{image.height}:".encode())  # sha256: the fastest hashlib hash on CPUs with SHA extensions
@@ -143,46 +148,56 @@ class Walk:
         self.problems.append(Problem("warning", code, path, message, fix))
 
     def root(self, root: Path, *, is_reg: bool) -> list[ScannedConcept]:
-        kind = "regularization" if is_reg else "training"
+        kind = REGULARIZATION if is_reg else TRAINING
         example = "1_bear" if is_reg else EXAMPLE_FOLDER_NAME
         if not root.exists():
-            self.error("root.missing", root, f"the {kind} folder does not exist", "check the path")
+            self.error("root.missing", root, Message("dataset.root.missing", "the {kind} folder does not exist", kind=kind), Message("dataset.root.missing.fix", "check the path"))
             return []
         if not root.is_dir():
-            self.error("root.not_folder", root, f"this is a file; the {kind} folder is expected", f"give the folder that holds folders like `{example}`")
+            self.error(
+                "root.not_folder", root, Message("dataset.root.not_folder", "this is a file; the {kind} folder is expected", kind=kind),
+                Message("dataset.root.not_folder.fix", "give the folder that holds folders like `{example}`", example=example),
+            )
             return []
         try:
             entries = sorted(root.iterdir())
         except OSError as exc:
-            self.error("root.unreadable", root, f"cannot list the {kind} folder: {exc.strerror}", "check the folder's permissions")
+            self.error(
+                "root.unreadable", root, Message("dataset.root.unreadable", "cannot list the {kind} folder: {error}", kind=kind, error=exc.strerror),
+                FOLDER_PERMISSIONS_FIX,
+            )
             return []
         loose_images = [p for p in entries if is_image(p)]
         if parse_concept_name(root.name) and loose_images:
             self.error(
-                "root.is_concept", root, f"this is a concept folder, not the {kind} root",
-                f"give the parent folder ({root.parent}), which holds folders like `{example}`",
+                "root.is_concept", root, Message("dataset.root.is_concept", "this is a concept folder, not the {kind} root", kind=kind),
+                Message("dataset.root.is_concept.fix", "give the parent folder ({parent}), which holds folders like `{example}`", parent=str(root.parent), example=example),
             )
             return []
         for link in (p for p in entries if p.is_symlink() and not p.exists()):
-            self.warning("link.broken", link, f"broken link to {os.readlink(link)}: ignored", "fix the link or remove it")
+            self.warning("link.broken", link, *_broken_link(link))
         folders = [p for p in entries if p.is_dir()]
         if not folders:
             self._empty_root(root, kind, example, loose_images)
             return []
         for image in loose_images:
             self.warning(
-                "root.loose_image", image, f"this image is directly in the {kind} folder: ignored, only its <repeats>_<prompt> folders are read",
-                f"move it into a folder named like `{example}`",
+                "root.loose_image", image,
+                Message("dataset.root.loose_image", "this image is directly in the {kind} folder: ignored, only its <repeats>_<prompt> folders are read", kind=kind),
+                Message("dataset.root.loose_image.fix", "move it into a folder named like `{example}`", example=example),
             )
         return [s for s in (self.concept(folder, is_reg=is_reg, example=example) for folder in folders) if s is not None]
 
     def _empty_root(self, root: Path, kind: str, example: str, loose_images: list[Path]) -> None:
         if loose_images:
-            message = f"the {kind} folder holds {len(loose_images)} images but no <repeats>_<prompt> folder"
-            fix = f"move the images into a subfolder named like `{example}` and give this parent folder (`lora-wizard dataset prepare` builds it)"
+            message = Message("dataset.root.only_images", "the {kind} folder holds {count} images but no <repeats>_<prompt> folder", kind=kind, count=len(loose_images))
+            fix = Message(
+                "dataset.root.only_images.fix",
+                "move the images into a subfolder named like `{example}` and give this parent folder (`lora-wizard dataset prepare` builds it)", example=example,
+            )
         else:
-            message = f"the {kind} folder holds no <repeats>_<prompt> folders"
-            fix = f"put the images in a subfolder named like `{example}` and give this parent folder"
+            message = Message("dataset.root.empty", "the {kind} folder holds no <repeats>_<prompt> folders", kind=kind)
+            fix = Message("dataset.root.empty.fix", "put the images in a subfolder named like `{example}` and give this parent folder", example=example)
         self.error("root.empty", root, message, fix)
 
     def concept(self, folder: Path, *, is_reg: bool, example: str) -> ScannedConcept | None:
@@ -190,13 +205,13 @@ class Walk:
         try:
             listing = _list_folder(folder, self.caption_extension)
         except OSError as exc:
-            self.error("folder.unreadable", folder, f"cannot list this folder: {exc.strerror}", "check the folder's permissions")
+            self.error("folder.unreadable", folder, Message("dataset.folder.unreadable", "cannot list this folder: {error}", error=exc.strerror), FOLDER_PERMISSIONS_FIX)
             return None
         self._listing_problems(listing)
         if not listing.images:
             self.error(
-                "folder.no_images", folder, "this concept folder holds no images",
-                f"add images ({', '.join(sorted(IMAGE_EXTENSIONS))}) or remove the folder",
+                "folder.no_images", folder, Message("dataset.folder.no_images", "this concept folder holds no images"),
+                Message("dataset.folder.no_images.fix", "add images ({extensions}) or remove the folder", extensions=", ".join(sorted(IMAGE_EXTENSIONS))),
             )
         decoded = self.decode_all(listing.images)
         captions = self.read_captions(listing)
@@ -211,47 +226,62 @@ class Walk:
         parsed = parse_concept_name(name)
         if parsed is not None and parsed[0] >= 1:
             return parsed
-        expected = f"rename it like `{example}` (repeats per epoch, underscore, prompt)"
+        expected = Message("dataset.folder.name.fix", "rename it like `{example}` (repeats per epoch, underscore, prompt)", example=example)
         prefix, underscore, rest = name.partition("_")
         if parsed is not None:
-            self.error("folder.repeats", folder, f"folder `{name}` has 0 repeats: it would never be trained", f"use 1 or more, e.g. `{example}`")
+            self.error(
+                "folder.repeats", folder, Message("dataset.folder.zero_repeats", "folder `{name}` has 0 repeats: it would never be trained", name=name),
+                Message("dataset.folder.zero_repeats.fix", "use 1 or more, e.g. `{example}`", example=example),
+            )
         elif underscore and prefix and not prefix.isdigit():
-            self.error("folder.repeats", folder, f"folder `{name}`: the repeat count `{prefix}` is not a number", expected)
+            self.error("folder.repeats", folder, Message("dataset.folder.repeats", "folder `{name}`: the repeat count `{prefix}` is not a number", name=name, prefix=prefix), expected)
         elif underscore and prefix.isdigit() and not rest.strip():
-            self.error("folder.name", folder, f"folder `{name}` has no prompt after the repeat count", expected)
+            self.error("folder.name", folder, Message("dataset.folder.no_prompt", "folder `{name}` has no prompt after the repeat count", name=name), expected)
         else:
-            self.error("folder.name", folder, f"folder `{name}` is not named <repeats>_<prompt>", expected)
+            self.error("folder.name", folder, Message("dataset.folder.name", "folder `{name}` is not named <repeats>_<prompt>", name=name), expected)
         return None
 
     def _listing_problems(self, listing: Listing) -> None:
         extension = self.caption_extension
         for path in listing.broken_links:
-            self.warning("link.broken", path, f"broken link to {os.readlink(path)}: ignored", "fix the link or remove it")
+            self.warning("link.broken", path, *_broken_link(path))
         for path in listing.other_captions:
             self.warning(
                 "caption.other_extension", path,
-                f"caption file ignored: captions are read from `{extension}` files ([dataset] caption_extension)",
-                f"rename it to `{path.with_suffix(extension).name}`, or set [dataset] caption_extension = \"{path.suffix}\" (--caption-extension {path.suffix})",
+                Message("dataset.caption.other_extension", "caption file ignored: captions are read from `{extension}` files ([dataset] caption_extension)", extension=extension),
+                Message(
+                    "dataset.caption.other_extension.fix", "rename it to `{renamed}`, or set [dataset] caption_extension = \"{suffix}\" (--caption-extension {suffix})",
+                    renamed=path.with_suffix(extension).name, suffix=path.suffix,
+                ),
             )
         for path in listing.others:
             if path.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS:
-                fix = f"convert it to PNG or JPEG ({', '.join(sorted(IMAGE_EXTENSIONS))} are read)"
-                self.warning("file.ignored", path, f"{path.suffix} images are not read: ignored", fix)
+                fix = Message("dataset.file.unsupported_image.fix", "convert it to PNG or JPEG ({extensions} are read)", extensions=", ".join(sorted(IMAGE_EXTENSIONS)))
+                self.warning("file.ignored", path, Message("dataset.file.unsupported_image", "{suffix} images are not read: ignored", suffix=path.suffix), fix)
             else:
-                self.warning("file.ignored", path, "not an image or a caption: ignored", "nothing to do if that is intended; otherwise move it out")
+                self.warning(
+                    "file.ignored", path, Message("dataset.file.ignored", "not an image or a caption: ignored"),
+                    Message("dataset.file.ignored.fix", "nothing to do if that is intended; otherwise move it out"),
+                )
         for path in listing.subfolders:
-            self.warning("file.ignored", path, "a subfolder inside a concept folder: ignored, training does not look inside", "move its images up into the concept folder, or into a concept folder of their own")
+            self.warning(
+                "file.ignored", path, Message("dataset.file.subfolder", "a subfolder inside a concept folder: ignored, training does not look inside"),
+                Message("dataset.file.subfolder.fix", "move its images up into the concept folder, or into a concept folder of their own"),
+            )
         expected = {image.with_suffix(extension) for image in listing.images}
         for path in listing.captions:
             if path not in expected:
-                self.warning("caption.orphan", path, "caption file without an image of the same name: unused", "add its image, rename it to match one, or delete it")
+                self.warning(
+                    "caption.orphan", path, Message("dataset.caption.orphan", "caption file without an image of the same name: unused"),
+                    Message("dataset.caption.orphan.fix", "add its image, rename it to match one, or delete it"),
+                )
 
     def decode_all(self, images: list[Path]) -> list[ImageFacts]:
         decoded = []
         self.decodes += len(images)
         for result in self.pool.map(_decode, images):
             if isinstance(result, DatasetError):
-                self._add_user_error("image.decode", result, "re-export the image or remove it")
+                self._add_user_error("image.decode", result, REEXPORT_FIX)
             else:
                 decoded.append(result)
         return decoded
@@ -269,8 +299,15 @@ class Walk:
                 captions[image] = caption_file, read_caption(image, self.caption_extension, "")
             except DatasetError as exc:
                 failed.add(caption_file)
-                self._add_user_error("caption.invalid", exc, "fix or delete the caption file")
+                self._add_user_error("caption.invalid", exc, Message("dataset.caption.invalid.fix", "fix or delete the caption file"))
         return captions
 
     def _add_user_error(self, code: str, exc: DatasetError, default_fix: str) -> None:
         self.error(code, Path(exc.where) if exc.where else Path("."), exc.message, exc.fix or default_fix)
+
+
+def _broken_link(link: Path) -> tuple[Message, Message]:
+    return (
+        Message("dataset.link.broken", "broken link to {target}: ignored", target=os.readlink(link)),
+        Message("dataset.link.broken.fix", "fix the link or remove it"),
+    )

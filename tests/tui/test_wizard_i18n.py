@@ -243,3 +243,44 @@ async def test_the_environment_check_is_in_japanese(tmp_path, monkeypatch):
             assert "学習に使う GPU: GPU が見つかりません" in rows and "NVIDIA ドライバー: 見つかりません" in rows, rows
     finally:
         set_language("en")
+
+
+async def test_the_dataset_walk_problems_are_in_japanese(tmp_path, monkeypatch):
+    """A folder not named <repeats>_<prompt> and an image that does not decode: the Japanese
+    Dataset screen words both problems and their fixes in Japanese (the values stay as they are)."""
+    monkeypatch.setenv("LANG", "ja_JP.UTF-8")
+    monkeypatch.delenv("LC_ALL", raising=False)
+    monkeypatch.delenv("LC_MESSAGES", raising=False)
+    train = tmp_path / "train"
+    (train / "bear").mkdir(parents=True)
+    (train / "bear" / "a.png").write_bytes(b"not a picture")
+    (train / "20_usu bear").mkdir()
+    (train / "20_usu bear" / "broken.png").write_bytes(b"not a picture either")
+    app = make_app(tmp_path / "data")
+    app.draft.step = "dataset"
+    app.draft.set("dataset.train_dir", str(train))
+    try:
+        async with app.run_test(size=(100, 40)) as pilot:
+            await settle(pilot, 0.5)
+            rows = " ".join(str(w.render()) for w in app.screen.query("#problems StatusRow .status-text"))
+            assert "フォルダー `bear` の名前が <repeats>_<prompt> の形ではありません" in rows, rows
+            assert "`20_usu bear` のように名前を変えてください" in rows, rows
+            assert "画像をデコードできません (" in rows and "画像を書き出し直すか、削除してください" in rows, rows
+            assert "is not named" not in rows and "cannot be decoded" not in rows, rows
+    finally:
+        set_language("en")
+
+
+def test_a_message_value_that_is_a_message_is_translated_too(tmp_path):
+    from engine.checks.dataset import check_dataset
+    from tui_lora.i18n import engine_text
+
+    report = check_dataset(tmp_path / "missing", reg_dir=tmp_path / "reg_missing")
+    messages = {p.path.name: p.message for p in report.problems}
+    assert messages == {"missing": "the training folder does not exist", "reg_missing": "the regularization folder does not exist"}
+    set_language("ja")
+    try:
+        assert engine_text(messages["missing"]) == "学習用フォルダーがありません"
+        assert engine_text(messages["reg_missing"]) == "正則化用フォルダーがありません"
+    finally:
+        set_language("en")
