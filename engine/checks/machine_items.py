@@ -28,6 +28,7 @@ DISK_WARN = 5 * GiB
 DISK_FAIL = 1 * GiB
 MEMORY = Message("check.memory.title", "Memory")
 CPU = Message("check.cpu.title", "CPU")
+FREE_DISK = Message("check.disk.title", "Free disk")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +84,8 @@ def _cuda_item(facts: MachineFacts) -> CheckItem:
         problem = _arch_problem(torch.arch_list, gpu.compute_capability if gpu else None)
         if problem:
             return CheckItem("cuda", "system", title, "fail", problem, "install a torch build that supports this GPU (pytorch.org)")
-        return CheckItem("cuda", "system", title, "ok", f"CUDA usable: trains on GPU {gpu.index}, {gpu.name}" if gpu else "CUDA usable")
+        usable = Message("check.cuda.usable_on", "CUDA usable: trains on GPU {index}, {name}", index=gpu.index, name=gpu.name) if gpu else Message("check.cuda.usable", "CUDA usable")
+        return CheckItem("cuda", "system", title, "ok", usable)
     if torch.mps_available:
         return CheckItem("cuda", "system", title, "warn", "Apple GPU (MPS): usable, not tested by lora-wizard", None)
     if facts.gpus and torch.build in ("cuda", "rocm"):
@@ -130,7 +132,7 @@ def _driver_item(facts: MachineFacts) -> CheckItem:
         )
     if driver.status == "error":
         return CheckItem("nvidia_driver", "gpu", title, "warn", f"not usable: {driver.error}", "reinstall the NVIDIA driver, then reboot")
-    summary = f"{driver.version}, supports CUDA up to {driver.cuda_version}"
+    summary = Message("check.nvidia_driver.summary", "{version}, supports CUDA up to {cuda}", version=driver.version, cuda=driver.cuda_version)
     built = facts.torch.cuda_version
     if built and driver.cuda_version and version_tuple(driver.cuda_version) < version_tuple(built):
         return CheckItem(
@@ -138,7 +140,10 @@ def _driver_item(facts: MachineFacts) -> CheckItem:
             f"update the NVIDIA driver, or install torch for CUDA {driver.cuda_version}",
         )
     if not facts.gpus:
-        return CheckItem("nvidia_driver", "gpu", title, "warn", summary + "; no GPU found", "check that the GPU is seated and powered (`nvidia-smi`)")
+        return CheckItem(
+            "nvidia_driver", "gpu", title, "warn", Message("check.nvidia_driver.no_gpu", "{summary}; no GPU found", summary=summary),
+            Message("check.nvidia_driver.no_gpu.fix", "check that the GPU is seated and powered (`nvidia-smi`)"),
+        )
     return CheckItem("nvidia_driver", "gpu", title, "ok", summary)
 
 
@@ -178,46 +183,60 @@ def _processes_items(facts: MachineFacts, recommendations: Recommendations) -> l
 
 
 def _cpu_item(facts: MachineFacts, device_kind: str) -> CheckItem:
-    summary = f"{facts.cpu_cores} physical cores"
+    cores = Message("check.cpu.cores", "{cores} physical cores", cores=facts.cpu_cores)
     if facts.cpu_usable is None or facts.cpu_busy is None:
-        return CheckItem("cpu", "system", CPU, "ok", summary)
+        return CheckItem("cpu", "system", CPU, "ok", cores)
     threads = threads_for(facts.cpu_usable, facts.cpu_busy)
-    summary += f"; {facts.cpu_usable} usable here, {facts.cpu_busy:.1f} kept busy by other processes: torch would get {threads} threads"
+    summary = Message(
+        "check.cpu.threads", "{cores}; {usable} usable here, {busy} kept busy by other processes: torch would get {threads} threads",
+        cores=cores, usable=facts.cpu_usable, busy=f"{facts.cpu_busy:.1f}", threads=threads,
+    )
     if device_kind == "cpu" and threads < facts.cpu_usable:
         return CheckItem(
-            "cpu", "system", "CPU", "warn", summary,
-            "training on the CPU shares it with those processes; fewer threads keep it from slowing to a crawl, "
-            "and [training] cpu_threads sets the count",
+            "cpu", "system", CPU, "warn", summary,
+            Message("check.cpu.shared.fix", "training on the CPU shares it with those processes; fewer threads keep it from slowing to a crawl, and [training] cpu_threads sets the count"),
         )
     return CheckItem("cpu", "system", CPU, "ok", summary)
 
 
 def _memory_item(facts: MachineFacts, recommendations: Recommendations) -> CheckItem:
-    what = "paging file" if facts.platform == "win32" else "swap"
-    summary = f"{gib(facts.ram_total)} RAM ({gib(facts.ram_available)} available) + {gib(facts.swap_total)} {what}"
+    what = Message("check.memory.paging_file", "paging file") if facts.platform == "win32" else Message("check.memory.swap", "swap")
+    summary = Message(
+        "check.memory.summary", "{ram} RAM ({available} available) + {swap} {what}",
+        ram=gib(facts.ram_total), available=gib(facts.ram_available), swap=gib(facts.swap_total), what=what,
+    )
     needed = recommendations.ram_swap_needed
     if facts.ram_total + facts.swap_total < needed:
         remedy = (
-            f"set the paging file so RAM + paging file reaches {gib(needed)} (System > Advanced > Performance > Virtual memory)"
+            Message("check.memory.paging_file.fix", "set the paging file so RAM + paging file reaches {needed} (System > Advanced > Performance > Virtual memory)", needed=gib(needed))
             if facts.platform == "win32"
-            else f"add swap so RAM + swap reaches {gib(needed)} ({recommendations.ram_swap_source})"
+            else Message("check.memory.swap.fix", "add swap so RAM + swap reaches {needed} ({source})", needed=gib(needed), source=recommendations.ram_swap_source)
         )
-        return CheckItem("memory", "system", MEMORY, "warn", summary + f"; loading needs about {gib(needed)}", remedy)
+        return CheckItem("memory", "system", MEMORY, "warn", Message("check.memory.too_little", "{summary}; loading needs about {needed}", summary=summary, needed=gib(needed)), remedy)
     if facts.ram_available + facts.swap_free < needed:
-        return CheckItem("memory", "system", MEMORY, "warn", summary + f"; loading needs about {gib(needed)} free", "close other programs before training")
+        return CheckItem(
+            "memory", "system", MEMORY, "warn", Message("check.memory.too_little_free", "{summary}; loading needs about {needed} free", summary=summary, needed=gib(needed)),
+            Message("check.memory.too_little_free.fix", "close other programs before training"),
+        )
     return CheckItem("memory", "system", MEMORY, "ok", summary)
 
 
 def disk_item(path: Path, free: int | None, item_id: str, group: str) -> CheckItem:
     """Free disk where the run writes."""
     if free is None:
-        return CheckItem(item_id, group, "Free disk", "warn", f"cannot read the free space at {path}", "check the output folder's drive")
-    summary = f"{gib(free)} free at {path}"
+        return CheckItem(
+            item_id, group, FREE_DISK, "warn", Message("check.disk.unknown", "cannot read the free space at {path}", path=str(path)),
+            Message("check.disk.unknown.fix", "check the output folder's drive"),
+        )
+    summary = Message("check.disk.summary", "{free} free at {path}", free=gib(free), path=str(path))
     if free < DISK_FAIL:
-        return CheckItem(item_id, group, "Free disk", "fail", summary, "free some space or choose an output folder on another drive")
+        return CheckItem(item_id, group, FREE_DISK, "fail", summary, Message("check.disk.full.fix", "free some space or choose an output folder on another drive"))
     if free < DISK_WARN:
-        return CheckItem(item_id, group, "Free disk", "warn", summary + " (checkpoints and samples need a few GB)", "free some space before a long run")
-    return CheckItem(item_id, group, "Free disk", "ok", summary)
+        return CheckItem(
+            item_id, group, FREE_DISK, "warn", Message("check.disk.low", "{summary} (checkpoints and samples need a few GB)", summary=summary),
+            Message("check.disk.low.fix", "free some space before a long run"),
+        )
+    return CheckItem(item_id, group, FREE_DISK, "ok", summary)
 
 
 def _package_item(name: str, version: str | None, minimum: str) -> CheckItem:

@@ -241,6 +241,10 @@ async def test_the_environment_check_is_in_japanese(tmp_path, monkeypatch):
             await settle(pilot, 0.3)
             rows = " ".join(str(w.render()) for w in app.screen.query("StatusRow .status-text"))
             assert "学習に使う GPU: GPU が見つかりません" in rows and "NVIDIA ドライバー: 見つかりません" in rows, rows
+            # The CPU, memory and disk summaries, values filled in (a nested "swap" translated too).
+            assert re.search(r"CPU: 物理コア \d+ 個", rows) and "ディスクの空き: " in rows and " の空き " in rows, rows
+            assert re.search(r"メモリー: RAM \S+ GiB \(空き \S+ GiB\) \+ (スワップ|ページング ファイル) ", rows), rows
+            assert "physical cores" not in rows and "free at" not in rows, rows
     finally:
         set_language("en")
 
