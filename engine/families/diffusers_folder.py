@@ -13,7 +13,8 @@ from engine.errors import ModelFileError
 from engine.families.base import LoadedModel, ModelFamily, ModelInfo
 from engine.families.objectives import NoisePrediction
 from engine.families.sdxl import SDXL, check_sdxl_layout, is_sdxl_unet_config
-from engine.families.tokenizers import is_tokenizer_folder
+from engine.families.tokenizers import OWN_TOKENIZERS, is_tokenizer_folder
+from engine.messages import Message
 
 DIFFUSERS_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SDXL_DIFFUSERS_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
@@ -163,13 +164,13 @@ def inspect_diffusers_folder(path: Path, family: ModelFamily) -> ModelInfo:
     scheduler_config = path / "scheduler" / "scheduler_config.json"
     try:
         prediction = json.loads(scheduler_config.read_text(encoding="utf-8")).get("prediction_type", "epsilon")
-        reason = "from scheduler/scheduler_config.json"
+        reason = Message("model.prediction.scheduler_config", "from scheduler/scheduler_config.json")
     except (OSError, ValueError):
-        prediction, reason = "unknown", "scheduler/scheduler_config.json is missing or unreadable"
+        prediction, reason = "unknown", Message("model.prediction.no_scheduler_config", "scheduler/scheduler_config.json is missing or unreadable")
     tokenizer = path / "tokenizer"
     if not is_tokenizer_folder(tokenizer):
         raise ModelFileError("the `tokenizer` folder holds no vocab.json + merges.txt", where=tokenizer, fix="copy the complete model folder")
-    note = "the model's own tokenizer/ and tokenizer_2/ folders" if family is SDXL else "the model's own tokenizer/ folder"
+    note = OWN_TOKENIZERS if family is SDXL else Message("model.tokenizer.own_folder", "the model's own tokenizer/ folder")
     return ModelInfo(
         family=family.name,
         label=family.label,

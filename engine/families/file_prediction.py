@@ -8,30 +8,31 @@ import re
 from pathlib import Path
 from typing import Any
 
+from engine.messages import Message
+
 V_WORDS = {"v", "v_prediction", "v-prediction", "vpred", "v_pred"}
 EPSILON_WORDS = {"epsilon", "eps"}
+SD1_PREDICTS_NOISE = Message("model.prediction.sd1", "SD 1.x models predict noise")
 
 
 def prediction_from_file(path: Path, keys: Any, metadata: dict[str, str]) -> tuple[str, str] | None:
     """(prediction type, reason) when the file or its companion .yaml says which; None when it does not."""
     if "v_pred" in keys:
-        return "v_prediction", "the file carries a `v_pred` marker tensor"
+        return "v_prediction", Message("model.prediction.v_pred_tensor", "the file carries a `v_pred` marker tensor")
     stated = (metadata.get("modelspec.prediction_type") or metadata.get("prediction_type") or "").strip().lower()
-    if stated in V_WORDS:
-        return "v_prediction", f"its metadata says prediction_type={stated}"
-    if stated in EPSILON_WORDS:
-        return "epsilon", f"its metadata says prediction_type={stated}"
+    if stated in V_WORDS or stated in EPSILON_WORDS:
+        said = Message("model.prediction.metadata", "its metadata says {setting}", setting=f"prediction_type={stated}")
+        return ("v_prediction" if stated in V_WORDS else "epsilon"), said
     architecture = metadata.get("modelspec.architecture", "")
     if architecture.startswith("stable-diffusion-v2"):
-        if architecture.endswith("-v"):
-            return "v_prediction", f"its metadata says architecture={architecture}"
-        return "epsilon", f"its metadata says architecture={architecture}"
+        said = Message("model.prediction.metadata", "its metadata says {setting}", setting=f"architecture={architecture}")
+        return ("v_prediction" if architecture.endswith("-v") else "epsilon"), said
     yaml_path = path.with_suffix(".yaml")
     if yaml_path.is_file():  # AUTOMATIC1111's convention: an LDM config beside the model decides
         text = yaml_path.read_text(encoding="utf-8", errors="replace")
         if re.search(r"^\s*parameterization:\s*[\"']?v[\"']?\s*$", text, re.MULTILINE):
-            return "v_prediction", f"{yaml_path.name} says parameterization: v"
-        return "epsilon", f"{yaml_path.name} sets no v parameterization"
+            return "v_prediction", Message("model.prediction.yaml_v", "{file} says parameterization: v", file=yaml_path.name)
+        return "epsilon", Message("model.prediction.yaml_epsilon", "{file} sets no v parameterization", file=yaml_path.name)
     return None
 
 
@@ -53,13 +54,14 @@ def unet_predicts_v(unet: Any) -> tuple[bool, float]:
 
 def decide_prediction(family: str, requested: str, from_file: tuple[str, str] | None, unet: Any) -> tuple[str, str]:
     if requested in ("epsilon", "v_prediction"):
-        return requested, "set in the answers file"
+        return requested, Message("model.prediction.answers", "set in the answers file")
     if requested != "auto":
         raise ValueError(f"prediction must be auto, epsilon or v_prediction, not {requested!r}")
     if from_file is not None:
         return from_file
     if family == "sd1":
-        return "epsilon", "SD 1.x models predict noise"
+        return "epsilon", SD1_PREDICTS_NOISE
     is_v, score = unet_predicts_v(unet)
-    verdict = "below" if is_v else "not below"
-    return ("v_prediction" if is_v else "epsilon"), f"AUTOMATIC1111's UNet test: mean(output - input) = {score:.2f}, {verdict} -1"
+    if is_v:
+        return "v_prediction", Message("model.prediction.unet_test_v", "AUTOMATIC1111's UNet test: mean(output - input) = {score}, below -1", score=f"{score:.2f}")
+    return "epsilon", Message("model.prediction.unet_test_epsilon", "AUTOMATIC1111's UNet test: mean(output - input) = {score}, not below -1", score=f"{score:.2f}")

@@ -35,6 +35,7 @@ from engine.families.flux_lora import (
     transformer_lora_targets,
 )
 from engine.families.flux_objective import FlowMatching, FlowSettings
+from engine.messages import Message
 
 if TYPE_CHECKING:
     import torch
@@ -318,6 +319,7 @@ def inspect_flux(path: Path, options: FluxOptions) -> Any:
     """ModelInfo of a FLUX.1 model from headers and configs only: "FLUX.1 dev" or "FLUX.1 schnell"."""
     from engine.families.base import ModelInfo
     from engine.families.flux_load import find_flux_tokenizers
+    from engine.families.tokenizers import OWN_TOKENIZERS
 
     if path.is_dir():
         try:
@@ -332,7 +334,7 @@ def inspect_flux(path: Path, options: FluxOptions) -> Any:
         layout, tokenizer, note = (
             "diffusers folder",
             path / "tokenizer",
-            "the model's own tokenizer/ and tokenizer_2/ folders",
+            OWN_TOKENIZERS,
         )
     else:
         for slot in ("ae", "clip_l", "t5xxl"):
@@ -352,7 +354,7 @@ def inspect_flux(path: Path, options: FluxOptions) -> Any:
         label=family.label,
         layout=layout,
         prediction="flow",
-        prediction_reason="FLUX.1 is trained by flow matching (the velocity, kohya's raw prediction)",
+        prediction_reason=Message("model.prediction.flux", "FLUX.1 is trained by flow matching (the velocity, kohya's raw prediction)"),
         tokenizer=tokenizer,
         tokenizer_note=note,
         source=path,

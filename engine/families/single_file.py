@@ -26,7 +26,7 @@ from engine.families.checkpoint_files import (
     read_safetensors_shapes,
     single_file_note,
 )
-from engine.families.file_prediction import decide_prediction, prediction_from_file
+from engine.families.file_prediction import SD1_PREDICTS_NOISE, decide_prediction, prediction_from_file
 from engine.families.ldm_config import (
     Architecture,
     derive_sd_architecture,
@@ -39,6 +39,7 @@ from engine.families.objectives import NoisePrediction
 from engine.families.sdxl_file import derive_sdxl_architecture, inspect_sdxl_file, load_sdxl_single_file
 from engine.families.templates import template_scheduler
 from engine.families.tokenizers import find_tokenizer, load_tokenizer, missing_tokenizer_error
+from engine.messages import Message
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -130,9 +131,9 @@ def inspect_single_file(
     if from_file is not None:
         prediction, reason = from_file
     elif architecture.family == "sd1":
-        prediction, reason = "epsilon", "SD 1.x models predict noise"
+        prediction, reason = "epsilon", SD1_PREDICTS_NOISE
     else:
-        prediction, reason = "unknown", "decided when loading, by AUTOMATIC1111's UNet test"
+        prediction, reason = "unknown", Message("model.prediction.when_loading", "decided when loading, by AUTOMATIC1111's UNet test")
     search = find_tokenizer(path, architecture.family, tokenizer)
     tokenizer_note = search.looked[-1] if search.folder else "not found; looked in: " + "; ".join(search.looked)
     return ModelInfo(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ModelFileError
+from engine.messages import Message
 
 # Where a tokenizer can come from when the file carries none: (repository, subfolder).
 HF_TOKENIZERS = {
@@ -19,6 +20,7 @@ HF_TOKENIZERS = {
     "sd2": ("stabilityai/stable-diffusion-2-1", "tokenizer"),
     "sdxl": ("stabilityai/stable-diffusion-xl-base-1.0", "tokenizer"),
 }
+OWN_TOKENIZERS = Message("model.tokenizer.own_folders", "the model's own tokenizer/ and tokenizer_2/ folders")
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 # Downloads that failed in this process: the wizard inspects the model often, a dead network costs once.
 _FAILED_DOWNLOADS: dict[str, str] = {}
@@ -88,13 +90,13 @@ def find_tokenizer(path: Path, family: str, tokenizer_dir: Path | None) -> Token
     looked = []
     for candidate in (path.parent / "tokenizer", path.parent / path.stem / "tokenizer"):
         if is_tokenizer_folder(candidate):
-            return TokenizerSearch(candidate, looked + [f"{candidate} (found)"])
+            return TokenizerSearch(candidate, looked + [Message("model.tokenizer.found", "{folder} (found)", folder=str(candidate))])
         looked.append(f"{candidate} (no vocab.json + merges.txt)")
     repo, subfolder = HF_TOKENIZERS[family]
     where = f"{repo}{'/' + subfolder if subfolder else ''}"
     cached = _cached_tokenizer(family)
     if cached is not None:
-        return TokenizerSearch(cached, looked + [f"{cached} (Hugging Face cache)"])
+        return TokenizerSearch(cached, looked + [Message("model.tokenizer.cache", "{folder} (Hugging Face cache)", folder=str(cached))])
     looked.append(f"the Hugging Face cache {hugging_face_cache_dir()} ({where}: not there)")
     if hugging_face_offline():
         looked.append(f"download of {where}: not tried, HF_HUB_OFFLINE is set")
@@ -108,7 +110,7 @@ def find_tokenizer(path: Path, family: str, tokenizer_dir: Path | None) -> Token
             looked.append(f"download of {where}: failed ({_FAILED_DOWNLOADS[where]})")
         else:
             if downloaded is not None:
-                return TokenizerSearch(downloaded, looked + [f"{downloaded} (downloaded into the Hugging Face cache)"])
+                return TokenizerSearch(downloaded, looked + [Message("model.tokenizer.downloaded", "{folder} (downloaded into the Hugging Face cache)", folder=str(downloaded))])
             looked.append(f"download of {where}: it has no tokenizer files")
     return TokenizerSearch(None, looked)
 

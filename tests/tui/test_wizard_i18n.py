@@ -288,3 +288,21 @@ def test_a_message_value_that_is_a_message_is_translated_too(tmp_path):
         assert engine_text(messages["reg_missing"]) == "正則化用フォルダーがありません"
     finally:
         set_language("en")
+
+
+async def test_the_model_notes_are_in_japanese(demo, tmp_path, monkeypatch):
+    monkeypatch.setenv("LANG", "ja_JP.UTF-8")
+    monkeypatch.delenv("LC_ALL", raising=False)
+    monkeypatch.delenv("LC_MESSAGES", raising=False)
+    app = make_app(tmp_path / "data")
+    app.draft.step = "model"
+    app.draft.set("model.path", str(demo / "model"))
+    try:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await settle(pilot, 0.5)
+            text = shown(app)
+            assert "予測 epsilon(scheduler/scheduler_config.json から)" in text, text
+            assert "(モデル自身の tokenizer/ フォルダー)" in text, text
+            assert "from scheduler" not in text and "own tokenizer" not in text, text
+    finally:
+        set_language("en")

@@ -21,7 +21,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Button, Input, Select, Static
 
-from tui_lora.i18n import t
+from tui_lora.i18n import engine_text, t
 from tui_lora.remedies import wizard_error
 from tui_lora.screens.base import WizardScreen
 from tui_lora.widgets.form import FormRow
@@ -257,12 +257,12 @@ class ModelScreen(WizardScreen):
         text.set_class(False, "fail")
         self.show_screen_error(None)
         tokenizer = (
-            t("model.tokenizer_found", path=shown_path(info.tokenizer), note=info.tokenizer_note)
+            t("model.tokenizer_found", path=shown_path(info.tokenizer), note=engine_text(info.tokenizer_note))
             if info.tokenizer
-            else t("model.tokenizer_missing", note=info.tokenizer_note)
+            else t("model.tokenizer_missing", note=engine_text(info.tokenizer_note))
         )
         text.update(
-            t("model.detected", label=info.label, layout=info.layout, prediction=info.prediction, reason=info.prediction_reason)
+            t("model.detected", label=info.label, layout=info.layout, prediction=info.prediction, reason=engine_text(info.prediction_reason))
             + "\n"
             + tokenizer
         )
