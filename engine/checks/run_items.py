@@ -15,8 +15,16 @@ from engine.checks.items import CheckItem
 from engine.checks.recommend import Recommendations, training_device, training_gpu, usable_vram, visible_gpus
 from engine.config import Answers
 from engine.errors import UserError
+from engine.messages import Message
 from engine.parking import captions_vary
 from engine.plan import check_output_free
+
+BASE_MODEL = Message("check.model.title", "Base model")
+TOKENIZER = Message("check.tokenizer.title", "Tokenizer")
+DATASET = Message("check.dataset.title", "Dataset")
+OUTPUT_FOLDER = Message("check.output.title", "Output folder")
+OPTIMIZER = Message("check.optimizer.title", "Optimizer")
+AUTO_PRECISION_FIX = Message("check.precision.auto.fix", "set [training] mixed_precision = \"auto\"")
 
 DEFAULT_FAMILY = "sd1"  # the seed article's model, when no answers file names one
 
@@ -32,12 +40,12 @@ def model_and_dataset_items(answers: Answers) -> tuple[list[CheckItem], str, int
     try:
         info = inspect_base_model(answers.model.path, answers.model.tokenizer, flux=flux_options(answers.model, answers.training))
     except UserError as exc:
-        items.append(CheckItem("run.model", "run", "Base model", "fail", exc.message, exc.fix))
-        items.append(CheckItem("run.tokenizer", "run", "Tokenizer", "warn", "not checked: the base model is not readable", None))
+        items.append(CheckItem("run.model", "run", BASE_MODEL, "fail", exc.message, exc.fix))
+        items.append(CheckItem("run.tokenizer", "run", TOKENIZER, "warn", "not checked: the base model is not readable", None))
     else:
         if info.family in FAMILY_COSTS:  # every family inspect_base_model names has figures
             family, label = info.family, info.label
-        items.append(CheckItem("run.model", "run", "Base model", "ok", f"{info.label}, {info.layout}, predicts {info.prediction}: {answers.model.path}"))
+        items.append(CheckItem("run.model", "run", BASE_MODEL, "ok", f"{info.label}, {info.layout}, predicts {info.prediction}: {answers.model.path}"))
         items.append(_tokenizer_item(info.tokenizer, info.tokenizer_note))
     steps = None
     try:
@@ -45,22 +53,22 @@ def model_and_dataset_items(answers: Answers) -> tuple[list[CheckItem], str, int
 
         plan = plan_training(answers, family_label=label, default_resolution=FAMILY_COSTS[family].resolution)
     except UserError as exc:
-        items.append(CheckItem("run.dataset", "run", "Dataset", "fail", exc.message, exc.fix))
+        items.append(CheckItem("run.dataset", "run", DATASET, "fail", exc.message, exc.fix))
     else:
         steps = plan.total_steps
         reg = f" + {plan.dataset.num_reg_items} regularization" if plan.dataset.reg_concepts else ""
         summary = f"{plan.dataset.num_train_items} training items{reg} per epoch: {steps} steps at batch size {answers.training.batch_size}"
-        items.append(CheckItem("run.dataset", "run", "Dataset", "ok", summary))
+        items.append(CheckItem("run.dataset", "run", DATASET, "ok", summary))
     return items, family, steps
 
 
 def _tokenizer_item(folder: Path | None, note: str) -> CheckItem:
     if folder is None:  # `lora-wizard train` stops before training without one
         return CheckItem(
-            "run.tokenizer", "run", "Tokenizer", "fail", f"not found offline ({note})",
+            "run.tokenizer", "run", TOKENIZER, "fail", f"not found offline ({note})",
             "set [model] tokenizer to a folder with vocab.json and merges.txt (a diffusers model's tokenizer/ folder)",
         )
-    return CheckItem("run.tokenizer", "run", "Tokenizer", "ok", str(folder))
+    return CheckItem("run.tokenizer", "run", TOKENIZER, "ok", str(folder))
 
 
 def output_items(answers: Answers) -> list[CheckItem]:
@@ -68,55 +76,55 @@ def output_items(answers: Answers) -> list[CheckItem]:
     parent = existing_ancestor(folder)
     items = []
     if not parent.is_dir():
-        items.append(CheckItem("run.output", "run", "Output folder", "fail", f"{parent} is a file, not a folder", "choose another [output] dir"))
+        items.append(CheckItem("run.output", "run", OUTPUT_FOLDER, "fail", f"{parent} is a file, not a folder", "choose another [output] dir"))
     elif not os.access(parent, os.W_OK | os.X_OK):
-        items.append(CheckItem("run.output", "run", "Output folder", "fail", f"{parent} is not writable", "choose a folder you can write to as [output] dir"))
+        items.append(CheckItem("run.output", "run", OUTPUT_FOLDER, "fail", f"{parent} is not writable", "choose a folder you can write to as [output] dir"))
     else:
         try:
             check_output_free(answers)  # the run refuses to overwrite a LoRA unless told to
         except UserError as exc:
-            items.append(CheckItem("run.output", "run", "Output folder", "fail", f"{exc.where}: {exc.message}", exc.fix, key=exc.key))
+            items.append(CheckItem("run.output", "run", OUTPUT_FOLDER, "fail", f"{exc.where}: {exc.message}", exc.fix, key=exc.key))
         else:
             created = "" if folder.exists() else " (will be created)"
-            items.append(CheckItem("run.output", "run", "Output folder", "ok", f"{folder}{created}"))
+            items.append(CheckItem("run.output", "run", OUTPUT_FOLDER, "ok", f"{folder}{created}"))
     return items
 
 
 def precision_item(answers: Answers, recommendations: Recommendations) -> CheckItem:
     chosen = answers.training.mixed_precision
     recommended = recommendations.mixed_precision
-    title = "Mixed precision"
+    title = Message("check.precision.title", "Mixed precision")
     if chosen == "auto":
-        return CheckItem("run.precision", "run", title, "ok", f"auto: {recommended} on this machine")
+        return CheckItem("run.precision", "run", title, "ok", Message("check.precision.auto", "auto: {recommended} on this machine", recommended=recommended))
     if recommendations.device == "cpu" and chosen == "fp16":
-        return CheckItem("run.precision", "run", title, "fail", "fp16 needs a GPU", "set [training] mixed_precision = \"auto\"")
+        return CheckItem("run.precision", "run", title, "fail", Message("check.precision.fp16_cpu", "fp16 needs a GPU"), AUTO_PRECISION_FIX)
     if chosen == "bf16" and recommended == "fp16":
-        return CheckItem("run.precision", "run", title, "fail", "bf16 needs compute capability 8.0; this GPU has less", "set [training] mixed_precision = \"auto\"")
+        return CheckItem("run.precision", "run", title, "fail", Message("check.precision.bf16_old_gpu", "bf16 needs compute capability 8.0; this GPU has less"), AUTO_PRECISION_FIX)
     if chosen == "no" and recommended != "no":
-        return CheckItem("run.precision", "run", title, "warn", "fp32: about 2.2x slower and more VRAM than " + recommended, "set [training] mixed_precision = \"auto\"")
+        return CheckItem("run.precision", "run", title, "warn", Message("check.precision.fp32", "fp32: about 2.2x slower and more VRAM than {recommended}", recommended=recommended), AUTO_PRECISION_FIX)
     if chosen != recommended:
-        return CheckItem("run.precision", "run", title, "warn", f"{chosen}; {recommended} is recommended here", "set [training] mixed_precision = \"auto\"")
+        return CheckItem("run.precision", "run", title, "warn", Message("check.precision.other", "{chosen}; {recommended} is recommended here", chosen=chosen, recommended=recommended), AUTO_PRECISION_FIX)
     return CheckItem("run.precision", "run", title, "ok", chosen)
 
 
 def optimizer_item(answers: Answers, facts: MachineFacts) -> CheckItem:
     optimizer = answers.training.optimizer
     if optimizer not in OPTIMIZER_PACKAGES:
-        return CheckItem("run.optimizer", "run", "Optimizer", "ok", optimizer)
+        return CheckItem("run.optimizer", "run", OPTIMIZER, "ok", optimizer)
     package, minimum = OPTIMIZER_PACKAGES[optimizer]
     version = facts.packages.get(package)
     if version is None or version_tuple(version) < version_tuple(minimum):
         found = "not installed" if version is None else f"{version} is too old"
-        return CheckItem("run.optimizer", "run", "Optimizer", "fail", f"{optimizer} needs {package} ({found})", f"pip install '{package}>={minimum}', or set optimizer = \"adamw\"")
+        return CheckItem("run.optimizer", "run", OPTIMIZER, "fail", f"{optimizer} needs {package} ({found})", f"pip install '{package}>={minimum}', or set optimizer = \"adamw\"")
     if optimizer == "adamw8bit" and not facts.torch.cuda_available:
-        return CheckItem("run.optimizer", "run", "Optimizer", "fail", "adamw8bit (bitsandbytes) needs a CUDA GPU", "set [training] optimizer = \"adamw\"")
-    return CheckItem("run.optimizer", "run", "Optimizer", "ok", f"{optimizer} ({package} {version})")
+        return CheckItem("run.optimizer", "run", OPTIMIZER, "fail", "adamw8bit (bitsandbytes) needs a CUDA GPU", "set [training] optimizer = \"adamw\"")
+    return CheckItem("run.optimizer", "run", OPTIMIZER, "ok", f"{optimizer} ({package} {version})")
 
 
 def processes_item(setup: TrainingSetup, facts: MachineFacts, recommendations: Recommendations) -> CheckItem:
     """Whether this machine has a GPU for each of the run's processes (`setup`: the answers')."""
     processes = setup.processes
-    title = "Processes"
+    title = Message("check.processes.title", "Processes")
     effective = f"effective batch {setup.batch_size} x {processes} x {setup.gradient_accumulation} = {setup.effective_batch}"
     if recommendations.device in ("cpu", "mps"):
         if processes == 1:
@@ -142,7 +150,7 @@ def processes_item(setup: TrainingSetup, facts: MachineFacts, recommendations: R
 def estimate_item(run_estimate: Estimate, facts: MachineFacts) -> CheckItem:
     """Whether the run fits in VRAM, and how long it takes."""
     summary = describe_time(run_estimate)
-    title = "Estimate"
+    title = Message("check.estimate.title", "Estimate")
     gpu = training_gpu(facts)
     if run_estimate.vram_needed is None or gpu is None or not facts.torch.cuda_available:
         status = "warn" if training_device(facts).kind == "cpu" else "ok"

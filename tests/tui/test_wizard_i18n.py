@@ -306,3 +306,26 @@ async def test_the_model_notes_are_in_japanese(demo, tmp_path, monkeypatch):
             assert "from scheduler" not in text and "own tokenizer" not in text, text
     finally:
         set_language("en")
+
+
+async def test_the_review_run_items_are_in_japanese(demo, workspace, tmp_path, monkeypatch):
+    from wizard_support import machine_with
+
+    from engine.config import load_answers
+
+    monkeypatch.setenv("LANG", "ja_JP.UTF-8")
+    monkeypatch.delenv("LC_ALL", raising=False)
+    monkeypatch.delenv("LC_MESSAGES", raising=False)
+    app = make_app(tmp_path / "data", answers=load_answers(demo / "answers.toml"), facts=machine_with())  # no GPU
+    app.draft.set("output.dir", str(workspace / "output"))
+    app.draft.set("training.mixed_precision", "fp16")
+    app.draft.step = "review"
+    try:
+        async with app.run_test(size=(100, 40)) as pilot:
+            await settle(pilot, 0.5)
+            rows = " ".join(str(w.render()) for w in app.screen.query("#run-items StatusRow .status-text"))
+            assert "混合精度: fp16 には GPU が必要です" in rows, rows
+            assert "fp16 needs a GPU" not in rows and "Mixed precision" not in rows, rows
+            assert '[training] mixed_precision = "auto" にしてください' in shown(app), shown(app)
+    finally:
+        set_language("en")

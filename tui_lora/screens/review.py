@@ -19,7 +19,7 @@ from textual.widgets import Button, Input, Static
 from textual.worker import Worker, WorkerState
 
 from tui_lora.draft import answers_for_file
-from tui_lora.i18n import counted, t
+from tui_lora.i18n import counted, engine_text, t
 from tui_lora.remedies import wizard_error, wizard_fix
 from tui_lora.screens.base import WizardScreen
 from tui_lora.widgets.confirm import ConfirmScreen
@@ -117,7 +117,7 @@ class ReviewScreen(WizardScreen):
                 lines.append(t("review.estimate_remedy", remedy=estimate.remedy))
             self.query_one("#estimate", Static).update("\n".join(lines))
         problems = [item for item in report.items if item.group == "run" and item.status != "ok" and item.id != "run.estimate"]
-        self.query_one("#run-items", Vertical).mount_all([StatusRow(i.status, i.title, i.summary, wizard_fix(i.key, i.remedy)) for i in problems])
+        self.query_one("#run-items", Vertical).mount_all([StatusRow(i.status, engine_text(i.title), engine_text(i.summary), wizard_fix(i.key, engine_text(i.remedy) if i.remedy else None)) for i in problems])
 
     # ----------------------------------------------------------------------------- save
 
