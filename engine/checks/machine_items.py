@@ -149,14 +149,26 @@ def _driver_item(facts: MachineFacts) -> CheckItem:
 
 def _gpu_item(facts: MachineFacts, gpu: GpuFacts) -> CheckItem:
     capability = ".".join(map(str, gpu.compute_capability)) if gpu.compute_capability else "?"
-    free = f", {gib(gpu.vram_free)} free" if gpu.vram_free is not None else ""
-    summary = f"{gpu.name}: {gib(gpu.vram_total)} VRAM{free}, compute {capability}, " + ("bf16" if gpu.supports_bf16 else "no bf16")
-    item_id, title = f"gpu.{gpu.index}", f"GPU {gpu.index}"
+    bf16 = Message("check.gpu.bf16", "bf16") if gpu.supports_bf16 else Message("check.gpu.no_bf16", "no bf16")
+    if gpu.vram_free is not None:
+        summary = Message(
+            "check.gpu.summary_free", "{name}: {total} VRAM, {free} free, compute {capability}, {bf16}",
+            name=gpu.name, total=gib(gpu.vram_total), free=gib(gpu.vram_free), capability=capability, bf16=bf16,
+        )
+    else:
+        summary = Message("check.gpu.summary", "{name}: {total} VRAM, compute {capability}, {bf16}", name=gpu.name, total=gib(gpu.vram_total), capability=capability, bf16=bf16)
+    item_id, title = f"gpu.{gpu.index}", Message("check.gpu.title", "GPU {index}", index=gpu.index)
     if gpu.vram_free is not None and gpu.vram_free < gpu.vram_total * 0.5:
         used = gpu.vram_total - gpu.vram_free
-        return CheckItem(item_id, "gpu", title, "warn", summary + f" ({gib(used)} in use)", "other programs hold VRAM: close them (`nvidia-smi` lists them)")
+        return CheckItem(
+            item_id, "gpu", title, "warn", Message("check.gpu.busy", "{summary} ({used} in use)", summary=summary, used=gib(used)),
+            Message("check.gpu.busy.fix", "other programs hold VRAM: close them (`nvidia-smi` lists them)"),
+        )
     if gpu.compute_capability is not None and gpu.compute_capability < (7, 0):
-        return CheckItem(item_id, "gpu", title, "warn", summary + ": old and slow for training", "a GPU of compute capability 7.0 or newer trains far faster")
+        return CheckItem(
+            item_id, "gpu", title, "warn", Message("check.gpu.old", "{summary}: old and slow for training", summary=summary),
+            Message("check.gpu.old.fix", "a GPU of compute capability 7.0 or newer trains far faster"),
+        )
     return CheckItem(item_id, "gpu", title, "ok", summary)
 
 

@@ -329,3 +329,19 @@ async def test_the_review_run_items_are_in_japanese(demo, workspace, tmp_path, m
             assert '[training] mixed_precision = "auto" にしてください' in shown(app), shown(app)
     finally:
         set_language("en")
+
+
+async def test_the_gpu_line_is_in_japanese(tmp_path, monkeypatch):
+    monkeypatch.setenv("LANG", "ja_JP.UTF-8")
+    monkeypatch.delenv("LC_ALL", raising=False)
+    monkeypatch.delenv("LC_MESSAGES", raising=False)
+    app = make_app(tmp_path / "data")  # the simulated machine: one GTX 1660 SUPER
+    app.draft.step = "environment"
+    try:
+        async with app.run_test(size=(100, 40)) as pilot:
+            await settle(pilot, 0.3)
+            rows = " ".join(str(w.render()) for w in app.screen.query("StatusRow .status-text"))
+            assert re.search(r"GPU 0: NVIDIA GeForce GTX 1660 SUPER: VRAM \S+ GiB \(空き \S+ GiB\)、compute 7\.5、bf16 非対応", rows), rows
+            assert "no bf16" not in rows and "VRAM, " not in rows, rows
+    finally:
+        set_language("en")
