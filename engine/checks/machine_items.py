@@ -59,12 +59,12 @@ def _torch_item(facts: MachineFacts) -> CheckItem:
     if torch.version is None:
         return CheckItem("torch", "system", "torch", "fail", f"cannot be imported ({torch.error})", "pip install torch (see pytorch.org for the build that fits your GPU)")
     build = {
-        "cuda": f"CUDA {torch.cuda_version} build",
-        "rocm": f"ROCm {torch.hip_version} build",
-        "mps": "CPU + Apple MPS build",
-        "cpu": "CPU-only build",
+        "cuda": Message("check.torch.cuda_build", "CUDA {version} build", version=torch.cuda_version),
+        "rocm": Message("check.torch.rocm_build", "ROCm {version} build", version=torch.hip_version),
+        "mps": Message("check.torch.mps_build", "CPU + Apple MPS build"),
+        "cpu": Message("check.torch.cpu_build", "CPU-only build"),
     }[torch.build or "cpu"]
-    summary = f"{torch.version} ({build})"
+    summary = Message("check.torch.summary", "{version} ({build})", version=torch.version, build=build)
     if version_tuple(torch.version) < version_tuple(MIN_TORCH):
         return CheckItem("torch", "system", "torch", "fail", summary + " is too old", f"pip install 'torch>={MIN_TORCH}'")
     if torch.build == "cpu" and facts.gpus:

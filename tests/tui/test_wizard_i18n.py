@@ -343,5 +343,6 @@ async def test_the_gpu_line_is_in_japanese(tmp_path, monkeypatch):
             rows = " ".join(str(w.render()) for w in app.screen.query("StatusRow .status-text"))
             assert re.search(r"GPU 0: NVIDIA GeForce GTX 1660 SUPER: VRAM \S+ GiB \(空き \S+ GiB\)、compute 7\.5、bf16 非対応", rows), rows
             assert "no bf16" not in rows and "VRAM, " not in rows, rows
+            assert re.search(r"torch: \S+ \(CUDA \S+ 版\)", rows) and " build)" not in rows, rows
     finally:
         set_language("en")
