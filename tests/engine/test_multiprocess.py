@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,11 @@ LOG_EVERY = 2
 SETTINGS = {"training": {"max_steps": 8, "log_every_steps": LOG_EVERY}, "output": {"dtype": "fp32"}, "checkpoints": {"every_steps": 2}}
 ONLY_REQUESTED_CHECKPOINTS = {"every_steps": 0, "every_epoch": False}
 AFTER_A_REQUEST = 120  # seconds; a few steps take seconds: longer means the processes hang
+# The suite pins OMP_NUM_THREADS (tests/conftest.py) so single runs are bit-reproducible; torchrun
+# keeps a set OMP_NUM_THREADS for every worker, and two workers of 2 threads each on 2 cores spin
+# against each other (10x+ slower). Without it, the engine shares the free cores between the
+# processes (engine/cpu_threads.py) and torchrun gives each worker 1.
+ENGINE_ENV = {name: value for name, value in os.environ.items() if name != "OMP_NUM_THREADS"}
 
 
 def answers_for(folder: Path, model: Path, dataset, *, batch_size: int, processes: int, steps: int = 8,
@@ -38,7 +44,7 @@ def answers_for(folder: Path, model: Path, dataset, *, batch_size: int, processe
 
 
 def run(*args: str) -> list[dict]:
-    result = subprocess.run([LORA_WIZARD, *args], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([LORA_WIZARD, *args], capture_output=True, text=True, timeout=600, env=ENGINE_ENV)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return [json.loads(line) for line in result.stdout.splitlines()]
 
@@ -52,7 +58,8 @@ def ask(what: str, run_dir: Path) -> None:
 
 def start_detached(answers: Path) -> tuple[Path, psutil.Process]:
     """`lora-wizard train ANSWERS --detach`: the run folder, and the launcher (torchrun) it started."""
-    detached = subprocess.run([LORA_WIZARD, "train", str(answers), "--detach"], capture_output=True, text=True, timeout=300)
+    detached = subprocess.run([LORA_WIZARD, "train", str(answers), "--detach"], capture_output=True, text=True, timeout=300,
+                              env=ENGINE_ENV)
     assert detached.returncode == 0, detached.stderr
     run_dir = Path(detached.stdout.strip().splitlines()[-1])
     pid = int(detached.stderr.split("(pid ")[1].split(")")[0])
@@ -62,7 +69,7 @@ def start_detached(answers: Path) -> tuple[Path, psutil.Process]:
 def start_in_foreground(answers: Path, output: Path) -> subprocess.Popen:
     """`lora-wizard train ANSWERS` as typed on a terminal, its event lines going to `output`."""
     with output.open("w") as out:
-        return subprocess.Popen([LORA_WIZARD, "train", str(answers)], stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen([LORA_WIZARD, "train", str(answers)], stdout=out, stderr=subprocess.STDOUT, env=ENGINE_ENV)
 
 
 def wait_for_event(run_dir: Path, matches: Callable[[dict], bool], timeout: float = 300) -> dict:
@@ -243,7 +250,7 @@ def test_two_nodes_on_one_machine_train_as_two_processes_do(two_process_run, tmp
     run_dir = tmp_path / "output" / "tiny.run"
     first = subprocess.Popen(
         [LORA_WIZARD, "train", str(answers), "--processes", "1", "--nnodes", "2", "--node-rank", "0", "--rdzv-endpoint", endpoint],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENGINE_ENV,
     )
     try:
         deadline = time.monotonic() + 120
@@ -253,7 +260,7 @@ def test_two_nodes_on_one_machine_train_as_two_processes_do(two_process_run, tmp
         second = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", "1",
              "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "-m", "engine", "run", str(run_dir)],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True, text=True, timeout=600, env=ENGINE_ENV,
         )
         output, _ = first.communicate(timeout=600)
     finally:
