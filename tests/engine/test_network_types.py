@@ -326,7 +326,7 @@ def test_sigkill_then_resume_is_exact(variant, tmp_path, tiny_model_dir, tiny_da
 
     settings = {
         "network": {"dim": None, "alpha": None, **RESUMED_NETWORKS[variant]},
-        "training": {"max_steps": RESUME_STEPS, "log_every_steps": 1},
+        "training": {"max_steps": RESUME_STEPS, "log_every_steps": 1, "cpu_threads": 2},
         "checkpoints": {"every_steps": 2},
     }
     whole = write_answers(tmp_path / "whole", tiny_model_dir, *tiny_dataset, **settings)
