@@ -239,7 +239,7 @@ def lora_gradient_coverage(engine: EngineVariant) -> tuple[int, int]:
     """(LoRA weights that received a gradient, all LoRA weights) after one backward of the engine:
     a check that gradient checkpointing lets gradients reach every adapter."""
     trainer = engine.trainer
-    batch = trainer.optimizer_steps(0)[0][0]
+    batch = trainer.schedule.optimizer_steps(0)[0][0]
     trainer.accelerator.backward(trainer.local_loss(batch))
     params = [*trainer.denoiser_params, *trainer.te_params]
     reached = sum(p.grad is not None for p in params)
