@@ -25,6 +25,7 @@ from engine.tiny import (
     TINY_WORDS,
     save_single_file,
     tiny_text_encoder_config,
+    tiny_vae_config,
     vae_to_ldm,
     write_tiny_tokenizer,
 )
@@ -64,21 +65,14 @@ def tiny_flux_vae(*, seed: int = 0) -> Any:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(32, 32, 32, 32),
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=32,
-        sample_size=64,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    return AutoencoderKL(**{
+        **tiny_vae_config(),
+        "latent_channels": 16,
+        "scaling_factor": 0.3611,
+        "shift_factor": 0.1159,
+        "use_quant_conv": False,
+        "use_post_quant_conv": False,
+    })
 
 
 def write_tiny_t5_tokenizer(folder: Path, words: list[str] = TINY_WORDS) -> Path:
